@@ -1,0 +1,605 @@
+"""QueryCache: regions, version store, stats; the read and write paths.
+
+See ``ARCHITECTURE.md`` for the data path. In short, a cacheable SELECT seen
+by ``do_orm_execute`` is keyed (:mod:`.keys`), looked up together with the
+current versions of every table it reads (:mod:`.versions`), and on a hit
+rebuilt from plain values (:mod:`.hydrate`) without touching the database.
+Writes are tracked per connection (:mod:`.tracking`) and bump versions
+around the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.elements import ClauseElement
+
+from . import codec, events, keys, tracking
+from .codec import CorruptEntry, Unencodable
+from .exc import ConfigurationError, UnknownRegionError
+from .hydrate import MapperSet, NotStorable, Shape, dehydrate, hydrate, mapper_of
+from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
+from .regions import RegionStore, now
+from .stats import Stats
+from .versions import LocalVersions, VersionStore, make_version_store as _make_version_store
+
+log = logging.getLogger("sqla_querycache")
+
+_SNAPSHOT_LEVELS = frozenset({"REPEATABLE READ", "SERIALIZABLE", "SNAPSHOT"})
+_SKIP_OPTIONS = ("yield_per", "stream_results", "populate_existing", "max_row_buffer")
+
+try:  # greenlet-spawned code (AsyncSession) must not block its event loop's thread
+    import greenlet  # noqa: F401
+    from sqlalchemy.util.concurrency import in_greenlet as _in_greenlet
+except ImportError:  # no greenlet, no AsyncSession
+
+    def _in_greenlet() -> bool:
+        return False
+
+
+class _KeyLocks:
+    """One lock per cache key being computed, so concurrent misses query once."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, list[Any]] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str, timeout: float) -> Iterator[bool]:
+        with self._guard:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        # a greenlet (AsyncSession) must not block the event loop's thread
+        lock = entry[0]
+        acquired = lock.acquire(blocking=False) if _in_greenlet() else lock.acquire(timeout=timeout)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+class QueryCache:
+    """Cache ORM SELECT results in dogpile.cache regions, invalidated per table.
+
+    Example::
+
+        from dogpile.cache import make_region
+        from sqla_querycache import QueryCache, FromCache
+
+        cache = QueryCache(regions={
+            "default": make_region().configure("dogpile.cache.memory", expiration_time=600),
+        })
+        cache.install(Session)
+        session.execute(select(Product).options(FromCache()))
+
+    :param regions: region name -> configured dogpile ``CacheRegion``, or a
+        dict of ``CacheRegion.configure()`` arguments (then the region uses a
+        safe msgpack serializer).
+    :param versions: ``"local"`` (default, one process), a Redis URL or
+        client (shared by every process), ``"sql"`` (a table in the
+        application's database), or a :class:`~.versions.VersionStore`.
+    :param namespace: prefix of every key the extension writes.
+    :param max_entry_bytes: entries larger than this are not stored.
+    :param lock_timeout: seconds a concurrent miss waits for the first one.
+    """
+
+    def __init__(
+        self,
+        regions: Mapping[str, Any],
+        *,
+        versions: Union[str, VersionStore, Any] = "local",
+        namespace: str = "qc",
+        max_entry_bytes: int = 1 << 20,
+        lock_timeout: float = 30.0,
+        plan_memo_size: int = 2000,
+    ):
+        if not isinstance(regions, Mapping) or not regions:
+            raise ConfigurationError("regions must be a non-empty mapping of name -> region")
+        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " :{}"):
+            raise ConfigurationError(f"namespace must be a short word, got {namespace!r}")
+        if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int) \
+                or max_entry_bytes <= 0:
+            raise ConfigurationError(f"max_entry_bytes must be a positive int: {max_entry_bytes!r}")
+        if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
+            raise ConfigurationError(f"lock_timeout must be >= 0 seconds: {lock_timeout!r}")
+        self.regions: dict[str, RegionStore] = {}
+        for name, region in regions.items():
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(f"region names must be non-empty str, got {name!r}")
+            self.regions[name] = RegionStore(name, region)
+        self.namespace = namespace
+        self.max_entry_bytes = max_entry_bytes
+        self.lock_timeout = float(lock_timeout)
+        self.versions: VersionStore = _make_version_store(versions, namespace)
+        self._plans = keys.PlanMemo(plan_memo_size)
+        self._mapper_sets: dict[Any, MapperSet] = {}
+        self._bind_ids: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
+        self._stats = Stats(self.regions)
+        self._locks = _KeyLocks()
+        self._info_key = f"_sqla_querycache_{id(self)}"
+        self._installed: Optional[events.Installation] = None
+        self._warned: set[Any] = set()
+        self._failed_bumps = _PendingBumps(self)
+
+    # ------------------------------------------------------------ public API
+
+    def install(self, target: Any) -> "QueryCache":
+        """Hook a Session class, subclass or sessionmaker (also async ones); return self."""
+        if self._installed is not None:
+            raise ConfigurationError("this QueryCache is already installed; uninstall() first")
+        self._installed = events.install(self, target)
+        return self
+
+    def uninstall(self) -> None:
+        """Remove every listener :meth:`install` added."""
+        if self._installed is not None:
+            self._installed.remove()
+            self._installed = None
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Counters per region (``hits``, ``misses``, ``stores``, ``errors``, ...)."""
+        return self._stats.regions()
+
+    def table_stats(self) -> dict[str, dict[str, int]]:
+        """Per table: ``invalidations`` (writes committed) and ``bypassed`` reads."""
+        return self._stats.tables()
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    def invalidate(self, *targets: Any, tables: Sequence[Any] = ()) -> list[str]:
+        """Invalidate every entry that read the given tables, models or statements.
+
+        ``cache.invalidate(Product)``, ``cache.invalidate(select(Product))``,
+        ``cache.invalidate(tables=["product"])``. Returns the version names bumped.
+        """
+        names: set[str] = {tracking.table_name(t) for t in tables}
+        for target in targets:
+            names.update(self._names_of(target))
+        if not names:
+            raise ConfigurationError("invalidate() needs tables, a mapped class or a statement")
+        self._bump(sorted(names))
+        return sorted(names)
+
+    def invalidate_region(self, name: str) -> None:
+        """Invalidate every entry of one region, in every process sharing the versions."""
+        self._region(name)
+        self._bump([f"@region:{name}"])
+
+    def invalidate_all(self) -> None:
+        """Invalidate every entry of every region."""
+        self._bump([tracking.ALL_TABLES])
+
+    def __repr__(self) -> str:
+        stats = self.stats()
+        parts = []
+        for name, store in self.regions.items():
+            s = stats[name]
+            ratio = "-" if s["hit_ratio"] is None else f"{s['hit_ratio']:.0%}"
+            parts.append(f"  {name!r}: {store.kind} hits={s['hits']} misses={s['misses']} "
+                         f"stores={s['stores']} errors={s['errors']} hit_ratio={ratio}")
+        state = "installed" if self._installed is not None else "not installed"
+        return (f"<QueryCache namespace={self.namespace!r} versions={self.versions.kind} "
+                f"{state}\n" + "\n".join(parts) + "\n>")
+
+    # ---------------------------------------------------------- helpers
+
+    def _region(self, name: str) -> RegionStore:
+        try:
+            return self.regions[name]
+        except KeyError:
+            raise UnknownRegionError(
+                f"unknown cache region {name!r}; configured: {sorted(self.regions)}"
+            ) from None
+
+    def _names_of(self, target: Any) -> set[str]:
+        if isinstance(target, str):
+            return {tracking.table_name(target)}
+        mapper = mapper_of(target)
+        if mapper is not None:
+            return {tracking.table_name(t) for t in mapper.tables}
+        if isinstance(target, ClauseElement):
+            found = keys.tables_read(None, target)
+            return set(found)
+        raise ConfigurationError(f"cannot tell which tables {target!r} reads")
+
+    def _warn_once(self, what: Any, msg: str, *args: Any) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            log.warning(msg, *args)
+
+    def _bump(self, names: Sequence[str]) -> None:
+        try:
+            self.versions.bump(names)
+        except Exception as err:  # fail open: remember and retry
+            self._warn_once(("bump", type(err)), "version store bump failed: %r", err)
+            self._failed_bumps.add(names)
+        for name in names:
+            self._stats.table(name, "invalidations")
+
+    # ------------------------------------------------------------ read path
+
+    def _region_for(self, orm_state: ORMExecuteState) -> tuple[Optional[str], Optional[float]]:
+        region = ttl = None
+        for opt in orm_state.user_defined_options:
+            if isinstance(opt, NoCache):
+                return None, None
+            if isinstance(opt, FromCache) and region is None:
+                region, ttl = opt.region, opt.expiration_time
+        if region is None:
+            stmt_opts = orm_state.statement._execution_options
+            local = orm_state.local_execution_options
+            if REGION_OPTION in stmt_opts:
+                region = stmt_opts[REGION_OPTION]
+            elif REGION_OPTION in local:
+                region = local[REGION_OPTION]
+            else:
+                region = orm_state.session.info.get(REGION_OPTION)
+            if region is None:
+                return None, None
+            ttl = orm_state.execution_options.get(EXPIRATION_OPTION)
+        return region, ttl
+
+    def _plan(self, orm_state: ORMExecuteState, cache_key: Any, bind: Any) -> keys.Plan:
+        engine = bind.engine
+        bind_id = self._bind_ids.get(engine)
+        if bind_id is None:
+            bind_id = self._bind_ids[engine] = keys.bind_identity(bind, {})
+        opts = orm_state.execution_options
+        if "schema_translate_map" in opts or "identity_token" in opts:
+            bind_id = keys.bind_identity(bind, opts)
+        memo_key = (cache_key.key, bind_id)
+        plan = self._plans.get(memo_key)
+        if plan is not None:
+            return plan
+        stmt = orm_state.statement
+        compiled = stmt.compile(bind=engine)
+        tables = keys.tables_read(compiled, stmt)
+        roots = []
+        for ent in getattr(compiled.compile_state, "_entities", ()) or ():
+            m = getattr(ent, "mapper", None) or getattr(ent, "entity_zero", None)
+            m = getattr(m, "mapper", m)
+            if m is not None and hasattr(m, "base_mapper"):
+                roots.append(m)
+        mappers = self._mapper_set(roots)
+        digest = keys.make_digest(
+            self.namespace, str(codec.FORMAT_VERSION), bind_id, str(compiled),
+            keys.stable_repr(cache_key.key), mappers.fingerprint,
+        )
+        plan = keys.Plan(digest, compiled, tables)
+        plan.shape = None
+        self._plans.put(memo_key, plan)
+        plan_mappers[plan] = mappers
+        return plan
+
+    def _mapper_set(self, roots: list[Any]) -> MapperSet:
+        k = tuple(sorted(id(r) for r in roots))
+        ms = self._mapper_sets.get(k)
+        if ms is None:
+            ms = self._mapper_sets[k] = MapperSet(roots)
+        return ms
+
+    def _cacheable(self, orm_state: ORMExecuteState) -> bool:
+        if not orm_state.is_select or orm_state.is_column_load or orm_state.is_relationship_load:
+            return False
+        if orm_state.is_executemany:
+            return False
+        opts = orm_state.execution_options
+        if any(opts.get(o) for o in _SKIP_OPTIONS):
+            return False
+        stmt = orm_state.statement
+        if getattr(stmt, "_for_update_arg", None) is not None:
+            return False
+        load_options = orm_state.load_options
+        if getattr(load_options, "_populate_existing", False) or getattr(
+            load_options, "_yield_per", None
+        ):
+            return False
+        return True
+
+    def _on_execute(self, orm_state: ORMExecuteState) -> Any:
+        if orm_state.is_relationship_load or orm_state.is_column_load:
+            return None  # part of a load we cache whole, or a refresh
+        region_name, ttl = self._region_for(orm_state)
+        if region_name is None:
+            return None
+        region = self._region(region_name)  # an unknown name is a configuration error
+        if not self._cacheable(orm_state):
+            self._stats.incr(region_name, "uncacheable")
+            return None
+        session = orm_state.session
+        try:
+            cache_key = orm_state.statement._generate_cache_key()
+            if cache_key is None:
+                self._stats.incr(region_name, "uncacheable")
+                return None
+            bind = session.get_bind(**orm_state.bind_arguments)
+            plan = self._plan(orm_state, cache_key, bind)
+            key = keys.entry_key(self.namespace, plan, cache_key.bindparams, orm_state.parameters)
+        except Unencodable:
+            self._stats.incr(region_name, "uncacheable")
+            return None
+        except Exception as err:  # never our exception in the user's query
+            self._warn_once(("key", type(err)), "cannot key a statement: %r", err)
+            self._stats.incr(region_name, "errors")
+            return None
+
+        if not self._may_use(session, bind, plan, region_name):
+            return None
+        names = plan.tables + (tracking.ALL_TABLES, f"@region:{region_name}")
+        if self._failed_bumps and self._failed_bumps.blocks(names):
+            self._stats.incr(region_name, "bypassed")
+            return None
+
+        ttl = ttl if ttl is not None else region.expiration_time
+        mappers = plan_mappers[plan]
+        result, versions = self._lookup(orm_state, region, key, names, plan, mappers, ttl)
+        if result is not None:
+            return result
+        if versions is None:  # tables in flight, or the version store is down
+            self._stats.incr(region_name, "bypassed")
+            return None
+        self._stats.incr(region_name, "misses")
+        with self._locks.hold(key, self.lock_timeout) as locked:
+            mutex = region.mutex(key) if locked else None
+            if mutex is not None:
+                mutex.acquire()
+            try:
+                if locked:  # someone may have stored it while we waited
+                    result, versions = self._lookup(
+                        orm_state, region, key, names, plan, mappers, ttl, second=True
+                    )
+                    if result is not None:
+                        return result
+                    if versions is None:
+                        return None
+                return self._miss(orm_state, region, key, names, versions, plan, ttl)
+            finally:
+                if mutex is not None:
+                    try:
+                        mutex.release()
+                    except Exception as err:
+                        self._warn_once(("mutex", type(err)), "cache mutex release: %r", err)
+
+    def _may_use(self, session: Session, bind: Any, plan: keys.Plan, region: str) -> bool:
+        """Read-your-writes and snapshot rules: may this session use the cache here?"""
+        tracker = session.info.get(self._info_key)
+        written = tracker.written() if tracker is not None else None
+        if session.autoflush and not session._is_clean():
+            pending = tracking.pending_tables(session)
+            written = pending if written is None else written | pending
+        if written:
+            read = plan.tables
+            if tracking.ALL_TABLES in written or keys.ANY_TABLE in read or not written.isdisjoint(
+                read
+            ):
+                self._stats.incr(region, "bypassed")
+                for name in written.intersection(read):
+                    self._stats.table(name, "bypassed")
+                return False
+        if _snapshot_started(session, bind):
+            self._stats.incr(region, "bypassed")
+            return False
+        return True
+
+    def _lookup(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        plan: keys.Plan,
+        mappers: MapperSet,
+        ttl: Optional[float],
+        second: bool = False,
+    ) -> tuple[Any, Optional[list[int]]]:
+        """(result or None, current versions or None if unusable)."""
+        try:
+            raw = region.get(key)
+            versions = self.versions.read(names)
+        except Exception as err:
+            self._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
+                            region.name, err)  # fmt: skip
+            self._stats.incr(region.name, "errors")
+            return None, None
+        if raw is None or versions is None or plan.shape is None:
+            return None, versions
+        try:
+            entry = codec.unpackb(raw)
+            fmt, created, stored_names, stored_versions, payload = entry
+            if fmt != codec.FORMAT_VERSION or stored_names != list(names):
+                raise CorruptEntry("entry of another format or statement")
+            if stored_versions != versions:
+                return None, versions  # stale: a table was written since
+            if ttl is not None and now() - created > ttl:
+                return None, versions
+            data = hydrate(orm_state.session, mappers, payload)
+        except Exception as err:  # corrupt, foreign or mismatched: a miss
+            self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
+                            region.name, err)  # fmt: skip
+            self._stats.incr(region.name, "corrupt")
+            return None, versions
+        self._stats.incr(region.name, "hits")
+        return plan.shape.result(data), versions
+
+    def _miss(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        versions: list[int],
+        plan: keys.Plan,
+        ttl: Optional[float],
+    ) -> Any:
+        session = orm_state.session
+        idmap = session.identity_map
+        preexisting = set(idmap.keys()) if len(idmap) else None
+        result = orm_state.invoke_statement()  # the user's query: its errors propagate
+        unique = result._unique_filter_state
+        result._unique_filter_state = None
+        frozen = result.freeze()
+        shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
+                      unique[1] if unique else None)  # fmt: skip
+        plan.shape = shape
+        out = shape.result(frozen.data)
+        try:
+            payload = dehydrate(frozen.data, shape.scalars, preexisting)
+            blob = codec.packb([codec.FORMAT_VERSION, now(), list(names), versions, payload])
+        except (NotStorable, Unencodable) as err:
+            log.debug("not storing %s: %s", key, err)
+            self._stats.incr(region.name, "not_stored")
+            return out
+        except Exception as err:
+            self._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
+            self._stats.incr(region.name, "errors")
+            return out
+        if len(blob) > self.max_entry_bytes:
+            self._stats.incr(region.name, "too_large")
+            return out
+        try:
+            region.set(key, blob, ttl)
+            self._stats.incr(region.name, "stores")
+        except Exception as err:
+            self._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
+                            region.name, err)  # fmt: skip
+            self._stats.incr(region.name, "errors")
+        return out
+
+    # ----------------------------------------------------------- write path
+
+    def _conn_tracker(self, info: dict[str, Any]) -> tracking.ConnTracker:
+        ct = info.get(self._info_key)
+        if ct is None:
+            ct = info[self._info_key] = tracking.ConnTracker()
+        return ct
+
+    def _on_write(self, conn: Any, names: set[str], autocommit: bool) -> None:
+        names = set(names)
+        names.add(keys.ANY_TABLE)
+        ct = self._conn_tracker(conn.info)
+        if autocommit:  # the statement commits itself; settled after it ran
+            ct.committing.append(self._begin_commit(list(names)))
+        else:
+            ct.written |= names
+
+    def _begin_commit(self, names: list[str]) -> tuple[tuple[str, ...], bool]:
+        """Before the database commit: bump and mark in flight. (names, marked?)"""
+        t = tuple(sorted(names))
+        try:
+            self.versions.begin_write(t)
+            return t, True
+        except Exception as err:
+            self._warn_once(("begin_write", type(err)), "version store unreachable: %r", err)
+            self._failed_bumps.add(t)  # bypassed here until a bump lands
+            return t, False
+
+    def _end_commit(self, names: tuple[str, ...], marked: bool) -> None:
+        """After the database commit: bump again and clear the in-flight mark."""
+        if marked:
+            try:
+                self.versions.end_write(names)
+            except Exception as err:
+                self._warn_once(("end_write", type(err)), "version store unreachable: %r", err)
+                self._failed_bumps.add(names, in_flight=True)
+        for name in names:
+            self._stats.table(name, "invalidations")
+
+    def _on_commit(self, info: dict[str, Any]) -> None:
+        ct = info.get(self._info_key)
+        if ct is not None and ct.written:
+            ct.committing.append(self._begin_commit(list(ct.written)))
+            ct.written = set()
+
+    def _settle(self, info: Optional[dict[str, Any]]) -> None:
+        """After a commit returned (or at the next sign of it): the post-commit bump."""
+        if info is None:
+            return
+        ct = info.get(self._info_key)
+        if ct is None:
+            return
+        while ct.committing:
+            self._end_commit(*ct.committing.pop())
+
+    def _on_rollback(self, info: dict[str, Any]) -> None:
+        ct = info.get(self._info_key)
+        if ct is not None:
+            ct.written = set()
+
+
+#: plan -> its MapperSet (kept beside the plan so Plan stays a plain record)
+plan_mappers: "WeakKeyDictionary[keys.Plan, MapperSet]" = WeakKeyDictionary()
+
+
+def _snapshot_started(session: Session, bind: Any) -> bool:
+    """Does the session's transaction already hold a snapshot older than now (I3)?
+
+    Uses ``SessionTransaction._connections`` (SQLAlchemy 2.0 and 2.1): a
+    transaction that has not connected yet will take its snapshot at this
+    query, after the versions were read, which is safe.
+    """
+    trans = session._transaction
+    if trans is None:
+        return False
+    entry = trans._connections.get(bind.engine) or trans._connections.get(bind)
+    if entry is None:
+        return False
+    conn = entry[0]
+    if conn.dialect.name == "sqlite":
+        return False  # pysqlite starts no transaction for reads
+    level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
+    return str(level).upper() in _SNAPSHOT_LEVELS
+
+
+class _PendingBumps:
+    """Invalidations the version store could not take yet; retried, and bypassed meanwhile."""
+
+    def __init__(self, cache: QueryCache):
+        self._cache = cache
+        self._lock = threading.Lock()
+        self._pending: list[tuple[tuple[str, ...], bool]] = []
+        self._names: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, names: Sequence[str], in_flight: bool = False) -> None:
+        with self._lock:
+            self._pending.append((tuple(names), in_flight))
+            self._names.update(names)
+
+    def blocks(self, names: Sequence[str]) -> bool:
+        """True while an undelivered invalidation concerns any of ``names``."""
+        if not self.retry():
+            return bool(self._names.intersection(names)) or tracking.ALL_TABLES in self._names
+        return False
+
+    def retry(self) -> bool:
+        """Deliver what is pending; True when nothing is left."""
+        with self._lock:
+            while self._pending:
+                names, in_flight = self._pending[0]
+                try:
+                    if in_flight:
+                        self._cache.versions.end_write(names)
+                    else:
+                        self._cache.versions.bump(names)
+                except Exception:
+                    return False
+                self._pending.pop(0)
+            self._names.clear()
+            return True

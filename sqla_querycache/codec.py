@@ -1,0 +1,134 @@
+"""Plain values <-> bytes: type-tagged msgpack that never runs code to decode.
+
+Cache entries may live in a shared Redis that anyone with write access can
+overwrite, so decoding must be safe: msgpack with a closed set of extension
+types (no pickle, no imports chosen by the payload). Everything that does
+not round-trip exactly raises :class:`Unencodable`, and the caller then
+simply does not store the entry.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import uuid as _uuid
+import zoneinfo
+from decimal import Decimal
+from typing import Any
+
+import msgpack
+
+#: bump when the entry layout changes; old entries then decode as misses
+FORMAT_VERSION = 1
+
+_DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT = range(1, 9)
+
+_packb = msgpack.Packer(use_bin_type=True, datetime=False).pack
+
+
+class Unencodable(Exception):
+    """A value has no exact, safe encoding; the entry is not stored."""
+
+
+class CorruptEntry(Exception):
+    """Bytes that are not a valid entry of this format; counted as a miss."""
+
+
+def _tz_out(tz: _dt.tzinfo | None, ref: Any) -> Any:
+    if tz is None:
+        return None
+    if isinstance(tz, zoneinfo.ZoneInfo):
+        return tz.key
+    if tz is _dt.timezone.utc:
+        return 0
+    offset = tz.utcoffset(ref if isinstance(ref, _dt.datetime) else None)
+    if isinstance(tz, _dt.timezone) and offset is not None:
+        return [offset.days * 86400 + offset.seconds, offset.microseconds]
+    raise Unencodable(f"tzinfo {tz!r} has no exact encoding")
+
+
+def _tz_in(raw: Any) -> _dt.tzinfo | None:
+    if raw is None:
+        return None
+    if raw == 0:
+        return _dt.timezone.utc
+    if isinstance(raw, str):
+        return zoneinfo.ZoneInfo(raw)  # reads the tz database; runs no payload code
+    seconds, micros = raw
+    return _dt.timezone(_dt.timedelta(seconds=seconds, microseconds=micros))
+
+
+def _default(obj: Any) -> msgpack.ExtType:
+    t = type(obj)
+    if t is Decimal:
+        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+    if t is _dt.datetime:
+        payload = [
+            obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
+            obj.microsecond, obj.fold, _tz_out(obj.tzinfo, obj),
+        ]  # fmt: skip
+        return msgpack.ExtType(_DATETIME, _packb(payload))
+    if t is _dt.date:
+        return msgpack.ExtType(_DATE, _packb([obj.year, obj.month, obj.day]))
+    if t is _dt.time:
+        payload = [obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold,
+                   _tz_out(obj.tzinfo, None)]  # fmt: skip
+        return msgpack.ExtType(_TIME, _packb(payload))
+    if t is _dt.timedelta:
+        return msgpack.ExtType(_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
+    if t is _uuid.UUID:
+        return msgpack.ExtType(_UUID, obj.bytes)
+    if t is tuple:
+        return msgpack.ExtType(_TUPLE, _packb_strict(list(obj)))
+    if t is int:  # outside msgpack's 64-bit range
+        return msgpack.ExtType(_BIGINT, str(obj).encode())
+    raise Unencodable(f"no safe encoding for {t.__module__}.{t.__qualname__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _DECIMAL:
+        return Decimal(data.decode())
+    if code == _DATETIME:
+        y, mo, d, h, mi, s, us, fold, tz = unpackb(data)
+        return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+    if code == _DATE:
+        return _dt.date(*unpackb(data))
+    if code == _TIME:
+        h, mi, s, us, fold, tz = unpackb(data)
+        return _dt.time(h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+    if code == _TIMEDELTA:
+        days, seconds, micros = unpackb(data)
+        return _dt.timedelta(days, seconds, micros)
+    if code == _UUID:
+        return _uuid.UUID(bytes=data)
+    if code == _TUPLE:
+        return tuple(unpackb(data))
+    if code == _BIGINT:
+        return int(data.decode())
+    raise CorruptEntry(f"unknown extension type {code}")
+
+
+def _packb_strict(obj: Any) -> bytes:
+    # strict_types: a subclass (an IntEnum, a str subclass) goes through
+    # _default and is refused there instead of silently losing its type
+    return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True, datetime=False)
+
+
+def packb(obj: Any) -> bytes:
+    """Encode plain values; raise :class:`Unencodable` if any has no exact encoding."""
+    try:
+        return _packb_strict(obj)
+    except Unencodable:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:
+        raise Unencodable(str(err)) from err
+
+
+def unpackb(data: bytes) -> Any:
+    """Decode bytes made by :func:`packb`; raise :class:`CorruptEntry` on anything else."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                               use_list=True)  # fmt: skip
+    except CorruptEntry:
+        raise
+    except Exception as err:  # msgpack raises several unrelated types on garbage
+        raise CorruptEntry(f"{type(err).__name__}: {err}") from err

@@ -1,0 +1,141 @@
+"""The only module that calls ``event.listen`` / ``event.remove``.
+
+Session-side hooks go on the class or sessionmaker given to ``install()``;
+connection-side hooks (every statement, commit, rollback, pool check-in) go
+on the ``Engine`` and ``Pool`` classes, because writes made outside any
+Session (Core, ``text()``, migrations) must invalidate too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import Pool
+
+from . import tracking
+from .exc import ConfigurationError
+
+if TYPE_CHECKING:
+    from .cache import QueryCache
+
+
+def _session_target(target: Any) -> Any:
+    """A Session class / sessionmaker, or the sync side of an async one."""
+    try:
+        from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+    except ImportError:  # pragma: no cover
+        AsyncSession = async_sessionmaker = None  # type: ignore[assignment,misc]
+    if isinstance(target, type) and issubclass(target, Session):
+        return target
+    if isinstance(target, sessionmaker):
+        return target
+    if AsyncSession is not None:
+        if isinstance(target, type) and issubclass(target, AsyncSession):
+            return target.sync_session_class
+        if isinstance(target, async_sessionmaker):
+            return target.kw.get("sync_session_class") or target.class_.sync_session_class
+    raise ConfigurationError(
+        f"install() takes a Session class or subclass, a sessionmaker, an AsyncSession class "
+        f"or an async_sessionmaker; got {target!r}"
+    )
+
+
+def _is_autocommit(conn: Any) -> bool:
+    check = getattr(conn, "_is_autocommit_isolation", None)
+    if check is not None:
+        return bool(check())
+    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+
+
+class Installation:
+    """The listeners one ``install()`` added; ``remove()`` takes them all away."""
+
+    def __init__(self) -> None:
+        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+
+    def listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
+        event.listen(target, name, fn, **kw)
+        self._listeners.append((target, name, fn))
+
+    def remove(self) -> None:
+        while self._listeners:
+            target, name, fn = self._listeners.pop()
+            if event.contains(target, name, fn):
+                event.remove(target, name, fn)
+
+
+def install(cache: "QueryCache", target: Any) -> Installation:
+    session_target = _session_target(target)
+    inst = Installation()
+    key = cache._info_key
+
+    def do_orm_execute(orm_state: Any) -> Any:
+        if orm_state.is_select:
+            return cache._on_execute(orm_state)
+        return None
+
+    def after_begin(session: Session, transaction: Any, connection: Any) -> None:
+        tracker = session.info.get(key)
+        if tracker is None:
+            tracker = session.info[key] = tracking.SessionTracker()
+        ct = cache._conn_tracker(connection.info)
+        if ct not in tracker.conns:
+            tracker.conns.append(ct)
+
+    def after_commit(session: Session) -> None:
+        tracker = session.info.get(key)
+        if tracker is not None:
+            for ct in tracker.conns:
+                while ct.committing:
+                    cache._end_commit(*ct.committing.pop())
+
+    def after_transaction_end(session: Session, transaction: Any) -> None:
+        if transaction.parent is None:
+            tracker = session.info.get(key)
+            if tracker is not None:
+                tracker.conns = []
+
+    def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        names = tracking.written_by(context, statement)
+        if names:
+            cache._on_write(conn, names, _is_autocommit(conn))
+
+    def after_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        ct = conn.info.get(key)
+        if ct is not None and ct.committing and _is_autocommit(conn):
+            cache._settle(conn.info)
+
+    def handle_error(exception_context: Any) -> None:
+        conn = exception_context.connection
+        if conn is not None and not conn.closed and _is_autocommit(conn):
+            cache._settle(conn.info)
+
+    def on_commit(conn: Any) -> None:
+        cache._on_commit(conn.info)
+
+    def on_rollback(conn: Any) -> None:
+        cache._on_rollback(conn.info)
+
+    def on_begin(conn: Any) -> None:
+        cache._settle(conn.info)  # a Core commit() returned earlier; finish it now
+
+    def on_checkin(dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            cache._settle(record.info)
+            cache._on_rollback(record.info)  # the pool's reset rolled back the rest
+
+    inst.listen(session_target, "do_orm_execute", do_orm_execute)
+    inst.listen(session_target, "after_begin", after_begin)
+    inst.listen(session_target, "after_commit", after_commit)
+    inst.listen(session_target, "after_transaction_end", after_transaction_end)
+    inst.listen(Engine, "before_cursor_execute", before_cursor_execute)
+    inst.listen(Engine, "after_cursor_execute", after_cursor_execute)
+    inst.listen(Engine, "handle_error", handle_error)
+    inst.listen(Engine, "commit", on_commit)
+    inst.listen(Engine, "rollback", on_rollback)
+    inst.listen(Engine, "begin", on_begin)
+    inst.listen(Pool, "checkin", on_checkin)
+    return inst

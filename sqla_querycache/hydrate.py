@@ -1,0 +1,312 @@
+"""ORM results <-> plain values, honouring the session's identity map.
+
+``dehydrate`` turns the rows of a freshly loaded result into plain values:
+each entity becomes (class, identity, loaded column values, loaded
+relationships as references to other entities of the same entry). Nothing
+of the session's own state is stored: an entry is refused if any object in
+it was already in the session before the query (its attributes may predate
+the database rows) or has pending changes.
+
+``hydrate`` rebuilds ORM objects attached to a session from those values,
+reusing objects the session already holds and never overwriting their
+loaded or modified attributes (the identity map wins, invariant I8).
+
+Hydration creates persistent objects through a few SQLAlchemy internals
+(``ClassManager.new_instance``, ``IdentityMap._add_unpresent``,
+``InstanceState._commit``), the same steps ``orm.loading`` takes for a row.
+They are isolated in :func:`_attach_new` and :func:`_fill_unloaded`;
+checked on SQLAlchemy 2.0.x and 2.1.x; ``tests/test_hydrate.py``
+fails loudly if they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Optional, Sequence
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import IteratorResult
+from sqlalchemy.orm import Mapper, Session
+from sqlalchemy.orm.attributes import instance_state
+
+from .codec import CorruptEntry
+
+
+class NotStorable(Exception):
+    """This result must not be stored (it may include session-local state)."""
+
+
+def class_key(mapper: Mapper) -> str:
+    cls = mapper.class_
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# ------------------------------------------------------------- mapped schema
+
+
+class MapperSet:
+    """The mappers a statement can return (by name) and their fingerprint."""
+
+    __slots__ = ("by_name", "fingerprint", "_layouts")
+
+    def __init__(self, roots: Sequence[Mapper]):
+        found: dict[str, Mapper] = {}
+        todo = list(roots)
+        while todo:
+            mapper = todo.pop()
+            for m in mapper.base_mapper.self_and_descendants:
+                name = class_key(m)
+                if name in found:
+                    continue
+                found[name] = m
+                todo.extend(rel.mapper for rel in m.relationships)
+        self.by_name = found
+        h = hashlib.blake2b(digest_size=12)
+        for name in sorted(found):
+            h.update(_mapper_signature(found[name]).encode())
+        self.fingerprint = h.hexdigest()
+        self._layouts: dict[Any, _Layout] = {}
+
+    def layout(self, spec: Sequence[Any]) -> "_Layout":
+        key = (spec[0], tuple(spec[1]), tuple(spec[2]))
+        lay = self._layouts.get(key)
+        if lay is None:
+            mapper = self.by_name.get(spec[0])
+            if mapper is None:
+                raise CorruptEntry(f"entry names an unknown class {spec[0]!r}")
+            lay = self._layouts[key] = _Layout(mapper, key[1], key[2])
+        return lay
+
+
+def _mapper_signature(m: Mapper) -> str:
+    cols = sorted(
+        p.key + ":" + ",".join(f"{getattr(c, 'table', None)}.{c.name}:{c.type!r}" for c in p.columns)
+        for p in m.column_attrs
+    )
+    rels = sorted(f"{r.key}>{class_key(r.mapper)}:{r.uselist}" for r in m.relationships)
+    tables = sorted(str(t) for t in m.tables)
+    pk = [c.name for c in m.primary_key]
+    return f"{class_key(m)}|{tables}|{pk}|{cols}|{rels}|{m.polymorphic_identity!r}"
+
+
+class _Layout:
+    """One (class, loaded columns, loaded relationships) combination."""
+
+    __slots__ = ("mapper", "identity_class", "manager", "cols", "rels", "expire", "ncols",
+                 "load_evt")  # fmt: skip
+
+    def __init__(self, mapper: Mapper, cols: tuple[str, ...], rels: tuple[str, ...]):
+        self.mapper = mapper
+        self.identity_class = mapper._identity_class
+        self.manager = mapper.class_manager
+        known = {p.key for p in mapper.column_attrs}
+        rel_props = {r.key: r for r in mapper.relationships}
+        if not set(cols) <= known or not set(rels) <= set(rel_props):
+            raise CorruptEntry(f"entry does not match the mapping of {class_key(mapper)}")
+        self.cols = cols
+        self.ncols = len(cols)
+        self.rels = [(key, rel_props[key].uselist, self.manager[key].impl) for key in rels]
+        # columns this load did not fetch and that have no loader of their
+        # own must load on access, as the ORM marks them (orm.loading "expire")
+        self.expire = frozenset(
+            p.key
+            for p in mapper.column_attrs
+            if p.key not in cols and not getattr(self.manager[p.key].impl, "callable_", None)
+        )
+        self.load_evt = bool(self.manager.dispatch.load)
+
+
+# ------------------------------------------------------------------ dehydrate
+
+
+def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    cols = [p.key for p in mapper.column_attrs if p.key in dict_]
+    rels = [r.key for r in mapper.relationships if r.key in dict_]
+    return class_key(mapper), cols, rels
+
+
+def dehydrate(
+    rows: Sequence[Any], scalar: bool, preexisting: Optional[set[Any]]
+) -> list[Any]:
+    """Rows of a fresh ORM result -> ``[layouts, entities, kinds, rows]``.
+
+    ``preexisting`` is the set of identity keys the session held before the
+    query ran (``None`` when it held none); an entity among them, or one with
+    pending changes, makes the result :class:`NotStorable`.
+    """
+    layouts: list[Any] = []
+    layout_index: dict[Any, int] = {}
+    entities: list[Any] = []
+    index: dict[int, int] = {}  # id(obj) -> entity number
+    pending: list[Any] = []
+
+    def ref(obj: Any) -> int:
+        n = index.get(id(obj))
+        if n is not None:
+            return n
+        state = instance_state(obj)
+        key = state.key
+        if key is None or state.modified or state.deleted:
+            raise NotStorable("result holds an object that is not clean and persistent")
+        if preexisting is not None and key in preexisting:
+            raise NotStorable("result holds an object the session loaded before")
+        mapper = state.mapper
+        dict_ = state.dict
+        spec = _layout_of(mapper, dict_)
+        sig = (spec[0], tuple(spec[1]), tuple(spec[2]))
+        li = layout_index.get(sig)
+        if li is None:
+            li = layout_index[sig] = len(layouts)
+            layouts.append(list(spec))
+        n = index[id(obj)] = len(entities)
+        record = [li, list(key[1]), key[2]]
+        record.extend(dict_[k] for k in spec[1])
+        entities.append(record)
+        pending.append((record, spec[2], dict_))
+        return n
+
+    kinds: Optional[list[bool]] = None
+    out_rows: list[Any] = []
+    if scalar:
+        kinds = [True]
+        for obj in rows:
+            out_rows.append(None if obj is None else ref(obj))
+    else:
+        for row in rows:
+            if kinds is None:
+                kinds = [hasattr(type(v), "_sa_class_manager") for v in row]
+            out = []
+            for is_entity, v in zip(kinds, row):
+                if v is None:
+                    out.append(None)
+                elif is_entity:
+                    if not hasattr(type(v), "_sa_class_manager"):
+                        raise NotStorable("mixed entity / value column")
+                    out.append(ref(v))
+                elif hasattr(type(v), "_sa_class_manager"):
+                    raise NotStorable("mixed entity / value column")
+                else:
+                    out.append(v)
+            out_rows.append(out)
+        # a column that was None in the first row may hold entities later
+        if kinds is not None and any(
+            not k and any(hasattr(type(r[i]), "_sa_class_manager") for r in rows)
+            for i, k in enumerate(kinds)
+        ):
+            raise NotStorable("entity column started with NULL")
+
+    while pending:  # relationships, breadth first; refs may add entities
+        record, rel_keys, dict_ = pending.pop()
+        for key in rel_keys:
+            value = dict_[key]
+            if value is None:
+                record.append(None)
+            elif hasattr(type(value), "_sa_class_manager"):
+                record.append(ref(value))
+            else:
+                members = value.values() if isinstance(value, dict) else value
+                record.append([ref(v) for v in members])
+    return [layouts, entities, kinds or [], scalar, out_rows]
+
+
+# -------------------------------------------------------------------- hydrate
+
+
+def _attach_new(session: Session, lay: _Layout, key: tuple[Any, ...], values: Any) -> Any:
+    """A new persistent object in ``session`` (the steps of orm.loading._instance)."""
+    obj = lay.manager.new_instance()
+    state = instance_state(obj)
+    state.key = key
+    state.identity_token = key[2]
+    state.session_id = session.hash_key
+    session.identity_map._add_unpresent(state, key)
+    state.dict.update(zip(lay.cols, values))
+    if lay.expire:
+        state.expired_attributes.update(lay.expire)
+    if lay.load_evt:
+        lay.manager.dispatch.load(state, None)
+    return obj
+
+
+def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
+    """Give an object the session already holds the attributes it lacks; keep the rest."""
+    state = instance_state(obj)
+    unloaded = state.unloaded
+    if not unloaded:
+        return
+    dict_ = state.dict
+    filled = [k for k in lay.cols if k in unloaded]
+    for k in filled:
+        dict_[k] = values[lay.cols.index(k)]
+    if filled:
+        state._commit(dict_, filled)
+
+
+def hydrate(session: Session, mappers: MapperSet, payload: Any) -> list[Any]:
+    """``[layouts, entities, kinds, scalar, rows]`` -> row data for a Result."""
+    layouts_raw, entities, kinds, scalar, rows = payload
+    layouts = [mappers.layout(spec) for spec in layouts_raw]
+    idmap_get = session.identity_map.get
+    objs: list[Any] = []
+    fresh: list[bool] = []
+    for record in entities:
+        lay = layouts[record[0]]
+        key = (lay.identity_class, tuple(record[1]), record[2])
+        values = record[3 : 3 + lay.ncols]
+        obj = idmap_get(key)
+        if obj is None:
+            obj = _attach_new(session, lay, key, values)
+            fresh.append(True)
+        else:
+            _fill_unloaded(obj, lay, values)
+            fresh.append(False)
+        objs.append(obj)
+    for n, record in enumerate(entities):
+        lay = layouts[record[0]]
+        if not lay.rels:
+            continue
+        obj = objs[n]
+        state = instance_state(obj)
+        dict_ = state.dict
+        base = 3 + lay.ncols
+        for i, (key, uselist, impl) in enumerate(lay.rels):
+            if not fresh[n] and key in dict_:
+                continue  # the session's own view of a held object wins
+            value = record[base + i]
+            if uselist:
+                impl.set_committed_value(state, dict_, [objs[j] for j in value or ()])
+            else:
+                dict_[key] = None if value is None else objs[value]
+                if not fresh[n]:
+                    state._commit(dict_, [key])
+    if scalar:
+        return [None if r is None else objs[r] for r in rows]
+    if not any(kinds):
+        return [tuple(row) for row in rows]
+    return [tuple(objs[v] if (k and v is not None) else v for k, v in zip(kinds, row))
+            for row in rows]
+
+
+class Shape:
+    """How to rebuild a Result like the ORM's; learned from a real result."""
+
+    __slots__ = ("metadata", "attributes", "scalars", "unique")
+
+    def __init__(self, metadata: Any, attributes: Any, scalars: bool, unique: Any):
+        self.metadata = metadata
+        self.attributes = attributes
+        self.scalars = scalars
+        self.unique = unique
+
+    def result(self, data: Sequence[Any]) -> IteratorResult[Any]:
+        result: IteratorResult[Any] = IteratorResult(self.metadata, iter(data))
+        result._attributes = self.attributes
+        result._source_supports_scalars = self.scalars
+        if self.unique is not None:
+            result._unique_filter_state = (set(), self.unique)
+        return result
+
+
+def mapper_of(entity: Any) -> Optional[Mapper]:
+    insp = sa_inspect(entity, raiseerr=False)
+    return getattr(insp, "mapper", None)

@@ -1,0 +1,232 @@
+"""What makes a result differ: statement + parameters + bind -> a short key.
+
+The expensive, per-statement-shape part (compiling, walking the statement for
+the tables it reads, making the SQLAlchemy cache key stable across
+processes) is done once per ``(statement cache key, bind)`` and kept in a
+bounded memo as a :class:`Plan`. Per execution only the parameter values are
+encoded and hashed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import threading
+import types
+from collections import OrderedDict
+from typing import Any, Iterable, Optional
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Mapper, RelationshipProperty
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.schema import Table
+from sqlalchemy.sql.selectable import TableClause, TextualSelect
+
+from . import codec
+from .tracking import table_name
+
+#: the pseudo-table a statement "reads" when its tables cannot be known
+#: (text(), from_statement(text())); every write bumps it
+ANY_TABLE = "@any"
+
+
+class Plan:
+    """Per statement shape and bind: the static key part and the tables read."""
+
+    __slots__ = ("digest", "compiled", "tables", "shape", "__weakref__")
+
+    def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
+        self.digest = digest
+        self.compiled = compiled
+        self.tables = tables
+        self.shape: Any = None  # result shape, learned from the first real result
+
+
+class PlanMemo:
+    """A bounded, thread-safe LRU of :class:`Plan` objects."""
+
+    def __init__(self, maxsize: int = 2000):
+        self.maxsize = maxsize
+        self._data: OrderedDict[Any, Plan] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Optional[Plan]:
+        plan = self._data.get(key)
+        if plan is not None:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile
+                pass
+        return plan
+
+    def put(self, key: Any, plan: Plan) -> None:
+        with self._lock:
+            self._data[key] = plan
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+# ---------------------------------------------------------------- stable keys
+
+
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _stable(obj: Any, out: list[str]) -> None:
+    """Append a process-independent rendering of a SQLAlchemy cache key.
+
+    Objects whose identity is only an address (rare: user constructs) are
+    rendered with ``repr()``: the key then differs between processes (a
+    miss), but never collides with a different statement.
+    """
+    t = type(obj)
+    if obj is None or t in (str, int, float, bool, bytes):
+        out.append(f"{t.__name__[0]}{obj!r}")
+    elif t is tuple or t is list:
+        out.append("(")
+        for item in obj:
+            _stable(item, out)
+        out.append(")")
+    elif isinstance(obj, type):
+        out.append("C" + _qualname(obj))
+    elif isinstance(obj, Mapper):
+        out.append(f"M{_qualname(obj.class_)}")
+    elif isinstance(obj, TableClause):
+        out.append(f"T{obj.fullname}" if isinstance(obj, Table) else f"t{obj.name}")
+    elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+        out.append("F" + _qualname(obj))
+    elif isinstance(obj, enum.Enum):
+        out.append(f"E{_qualname(t)}.{obj.name}")
+    elif isinstance(obj, (frozenset, set)):
+        parts = []
+        for item in obj:
+            sub: list[str] = []
+            _stable(item, sub)
+            parts.append("".join(sub))
+        out.append("{" + ",".join(sorted(parts)) + "}")
+    else:
+        out.append(f"R{_qualname(t)}:{obj!r}")
+
+
+def stable_repr(cache_key_tuple: Any) -> str:
+    out: list[str] = []
+    _stable(cache_key_tuple, out)
+    return "".join(out)
+
+
+def bind_identity(bind: Engine | Connection, execution_options: Any) -> str:
+    """What of the bind changes results: URL (no password), schema translation."""
+    engine = bind.engine
+    url = engine.url.render_as_string(hide_password=True)
+    stm = execution_options.get("schema_translate_map")
+    if stm is None:
+        stm = bind.get_execution_options().get("schema_translate_map")
+    token = execution_options.get("identity_token")
+    return f"{url}|{sorted(stm.items(), key=repr) if stm else ''}|{token!r}"
+
+
+def make_digest(*parts: str) -> bytes:
+    h = hashlib.blake2b(digest_size=20)
+    for part in parts:
+        data = part.encode()
+        h.update(len(data).to_bytes(4, "big"))
+        h.update(data)
+    return h.digest()
+
+
+def entry_key(namespace: str, plan: Plan, bindparams: Any, params: Any) -> str:
+    """The cache key of one execution: the plan's digest plus its parameter values.
+
+    ``bindparams`` are the statement's own parameters in cache-key order
+    (SQLAlchemy's ``CacheKey.bindparams``, positionally aligned for every
+    statement of one plan); ``effective_value`` resolves callables.
+    ``params`` are the execute-time parameters.
+    """
+    h = hashlib.blake2b(plan.digest, digest_size=16)
+    values: list[Any] = [bp.effective_value for bp in bindparams]
+    if params:
+        values.append(sorted(params.items()))
+    if values:
+        h.update(codec.packb(values))
+    return f"{namespace}:q:{h.hexdigest()}"
+
+
+# ---------------------------------------------------------------- tables read
+
+
+def _relationship_tables(prop: RelationshipProperty, seen: set[Any], out: set[str]) -> None:
+    if prop in seen:
+        return
+    seen.add(prop)
+    if prop.secondary is not None:
+        out.update(_tables_in(prop.secondary))
+    _mapper_tables(prop.mapper, seen, out)
+
+
+_EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
+
+
+def _mapper_tables(mapper: Mapper, seen: set[Any], out: set[str]) -> None:
+    """Tables of a mapper's whole hierarchy and of its default-eager relationships."""
+    if mapper in seen:
+        return
+    seen.add(mapper)
+    for m in mapper.base_mapper.self_and_descendants:
+        for t in m.tables:
+            out.update(_tables_in(t))
+        for prop in m.relationships:
+            if prop.lazy in _EAGER:
+                _relationship_tables(prop, seen, out)
+
+
+def _tables_in(element: Any) -> set[str]:
+    found: set[str] = set()
+    for node in visitors.iterate(element):
+        if isinstance(node, TableClause):
+            found.add(table_name(node))
+        elif isinstance(node, (TextClause, TextualSelect)):
+            found.add(ANY_TABLE)
+    return found
+
+
+def _option_relationships(options: Iterable[Any]) -> Iterable[RelationshipProperty]:
+    for opt in options:
+        paths = [getattr(opt, "path", None)]
+        paths.extend(getattr(sub, "path", None) for sub in getattr(opt, "context", ()) or ())
+        for path in paths:
+            for elem in getattr(path, "natural_path", None) or getattr(path, "path", None) or ():
+                if isinstance(elem, RelationshipProperty):
+                    yield elem
+
+
+def tables_read(compiled: Any, statement: Any) -> tuple[str, ...]:
+    """Every table a statement and its eager loaders read; conservative."""
+    compile_state = getattr(compiled, "compile_state", None)
+    core = getattr(compile_state, "statement", None)
+    out = _tables_in(core if core is not None else statement)
+    out |= _tables_in(statement)
+    seen: set[Any] = set()
+    for ent in getattr(compile_state, "_entities", ()) or ():
+        mapper = getattr(ent, "mapper", None)
+        if mapper is not None:
+            _mapper_tables(mapper, seen, out)
+    for prop in _option_relationships(getattr(statement, "_with_options", ())):
+        _relationship_tables(prop, seen, out)
+    for desc in getattr(statement, "column_descriptions", ()) or ():
+        entity = desc.get("entity") if isinstance(desc, dict) else None
+        if entity is not None:
+            insp = sa_inspect(entity, raiseerr=False)
+            mapper = getattr(insp, "mapper", None)
+            if mapper is not None:
+                _mapper_tables(mapper, seen, out)
+    return tuple(sorted(out))

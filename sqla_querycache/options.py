@@ -1,0 +1,70 @@
+"""Options that tag queries for caching: ``FromCache`` and ``NoCache``.
+
+Both are SQLAlchemy ``UserDefinedOption`` objects, so they ride along with a
+statement (``select(...).options(FromCache("hot"))``) and with legacy
+``Query.options()``. They are small data objects; the decisions are made in
+:mod:`sqla_querycache.cache`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy.orm.interfaces import UserDefinedOption
+
+from .exc import ConfigurationError
+
+#: execution option naming the region a statement or a session caches in
+REGION_OPTION = "cache_region"
+#: execution option overriding the expiration time (seconds) of an entry
+EXPIRATION_OPTION = "cache_expiration_time"
+
+
+class FromCache(UserDefinedOption):
+    """Cache this query's result in the region ``region`` (default ``"default"``).
+
+    Example::
+
+        stmt = select(Product).where(Product.category_id == 3)
+        session.execute(stmt.options(FromCache("hot", expiration_time=5)))
+    """
+
+    propagate_to_loaders = False
+
+    def __init__(self, region: str = "default", *, expiration_time: Optional[float] = None):
+        if not isinstance(region, str) or not region:
+            raise ConfigurationError(f"FromCache region must be a non-empty str, got {region!r}")
+        if expiration_time is not None and (
+            isinstance(expiration_time, bool)
+            or not isinstance(expiration_time, (int, float))
+            or expiration_time <= 0
+        ):
+            raise ConfigurationError(
+                f"FromCache expiration_time must be a positive number, got {expiration_time!r}"
+            )
+        self.region = region
+        self.expiration_time = expiration_time
+        super().__init__(payload=(region, expiration_time))
+
+
+    def __repr__(self) -> str:
+        ttl = "" if self.expiration_time is None else f", expiration_time={self.expiration_time}"
+        return f"FromCache({self.region!r}{ttl})"
+
+
+class NoCache(UserDefinedOption):
+    """Never cache this query, even if its session or statement asks for a region.
+
+    Example::
+
+        session.execute(select(Product).options(NoCache()))
+    """
+
+    propagate_to_loaders = False
+
+    def __init__(self) -> None:
+        super().__init__(payload=None)
+
+
+    def __repr__(self) -> str:
+        return "NoCache()"

@@ -1,0 +1,80 @@
+"""Entry storage on a dogpile region's backend, as raw bytes.
+
+Entries are read and written with the backend's ``get_serialized`` /
+``set_serialized`` so the region's deserializer (pickle, for dogpile's
+network backends) never sees them (I6). Expiration is checked by the
+extension itself from the entry's creation time; on Redis backends the key
+also gets a TTL so expired entries leave the server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Optional
+
+from dogpile.cache import CacheRegion, make_region
+from dogpile.cache.api import NO_VALUE
+
+from . import codec
+from .exc import ConfigurationError
+
+
+def _safe_region(config: dict[str, Any]) -> CacheRegion:
+    """Build a region from dogpile ``configure()`` arguments, with a safe serializer."""
+    if "backend" not in config:
+        raise ConfigurationError(f"region config needs a 'backend' key: {config!r}")
+    region = make_region(serializer=codec.packb, deserializer=codec.unpackb)
+    try:
+        return region.configure(**config)
+    except Exception as err:
+        raise ConfigurationError(f"cannot configure region {config!r}: {err}") from err
+
+
+class RegionStore:
+    """One named region: where entries of that name live."""
+
+    __slots__ = ("name", "region", "backend", "expiration_time", "_redis", "kind")
+
+    def __init__(self, name: str, region: Any):
+        if isinstance(region, dict):
+            region = _safe_region(region)
+        if not isinstance(region, CacheRegion):
+            raise ConfigurationError(
+                f"region {name!r} must be a dogpile CacheRegion or a configure() dict, "
+                f"got {type(region).__name__}"
+            )
+        if "backend" not in region.__dict__:  # dogpile sets it in configure()
+            raise ConfigurationError(f"region {name!r} is not configured (call .configure())")
+        self.name = name
+        self.region = region
+        self.backend = region.backend
+        exp = region.expiration_time
+        self.expiration_time: Optional[float] = exp if exp and exp > 0 else None
+        self._redis = getattr(self.backend, "writer_client", None)
+        self.kind = type(self.backend).__name__
+
+    def get(self, key: str) -> Optional[bytes]:
+        value = self.backend.get_serialized(key)
+        if value is NO_VALUE or value is None:
+            return None
+        return value
+
+    def set(self, key: str, value: bytes, ttl: Optional[float]) -> None:
+        if self._redis is not None and ttl:
+            self._redis.set(key, value, px=int(ttl * 1000) + 1000)
+        else:
+            self.backend.set_serialized(key, value)
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(key)
+
+    def mutex(self, key: str) -> Any:
+        return self.backend.get_mutex(key)
+
+    def __repr__(self) -> str:
+        ttl = "none" if self.expiration_time is None else f"{self.expiration_time:g}s"
+        return f"<region {self.name!r} {self.kind} expiration={ttl}>"
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,48 @@
+"""Counters per region and per table, thread-safe and cheap."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from typing import Any
+
+#: the counters every region reports, in display order
+REGION_COUNTERS = (
+    "hits", "misses", "stores", "bypassed", "uncacheable", "not_stored", "too_large",
+    "corrupt", "errors",
+)  # fmt: skip
+
+
+class Stats:
+    def __init__(self, regions: Any):
+        self._lock = threading.Lock()
+        self._regions: dict[str, Counter[str]] = {name: Counter() for name in regions}
+        self._tables: defaultdict[str, Counter[str]] = defaultdict(Counter)
+
+    def incr(self, region: str, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self._regions[region][counter] += n
+
+    def table(self, name: str, counter: str, n: int = 1) -> None:
+        with self._lock:
+            self._tables[name][counter] += n
+
+    def regions(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            out = {}
+            for name, c in self._regions.items():
+                row: dict[str, Any] = {k: c.get(k, 0) for k in REGION_COUNTERS}
+                looked = row["hits"] + row["misses"]
+                row["hit_ratio"] = round(row["hits"] / looked, 4) if looked else None
+                out[name] = row
+            return out
+
+    def tables(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {name: dict(c) for name, c in sorted(self._tables.items())}
+
+    def reset(self) -> None:
+        with self._lock:
+            for c in self._regions.values():
+                c.clear()
+            self._tables.clear()
