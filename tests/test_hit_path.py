@@ -1,0 +1,89 @@
+"""A hit: zero SQL, the same objects and Result API, the identity map respected."""
+
+from __future__ import annotations
+
+import decimal
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from sqla_querycache import FromCache, NoCache, UnknownRegionError
+
+from .models import Category, Customer, Order, Product
+
+
+def test_second_execution_is_a_hit_with_zero_sql(engine, sql, cache):
+    stmt = select(Product).where(Product.category_id == 2).order_by(Product.id)
+    with Session(engine) as s:
+        first = [(p.id, p.name, p.price) for p in s.scalars(stmt.options(FromCache()))]
+    mark = sql.count
+    with Session(engine) as s:
+        second = [(p.id, p.name, p.price) for p in s.scalars(stmt.options(FromCache()))]
+    assert sql.since(mark) == 0
+    assert first == second and len(first) == 10
+    assert cache.stats()["default"]["hits"] == 1
+
+
+def test_eager_graph_is_served_without_sql(engine, sql, cache):
+    stmt = (
+        select(Customer)
+        .where(Customer.id.in_([1, 2]))
+        .options(selectinload(Customer.orders).selectinload(Order.items), FromCache())
+        .order_by(Customer.id)
+    )
+    with Session(engine) as s:
+        expected = [(c.id, [(o.id, [i.id for i in o.items]) for o in c.orders]) for c in s.scalars(stmt)]
+    mark = sql.count
+    with Session(engine) as s:
+        got = [(c.id, [(o.id, [i.id for i in o.items]) for o in c.orders]) for c in s.scalars(stmt)]
+        assert sql.since(mark) == 0
+    assert got == expected
+
+
+def test_hit_objects_are_attached_like_loaded_ones(engine, sql, cache):
+    stmt = select(Product).where(Product.id == 3).options(FromCache())
+    with Session(engine) as s:
+        s.scalars(stmt).one()
+    with Session(engine) as s:
+        mark = sql.count
+        p = s.scalars(stmt).one()
+        assert sql.since(mark) == 0
+        assert s.get(Product, 3) is p  # identity map
+        assert sql.since(mark) == 0
+        assert p.category.name == "cat 4"  # lazy load works
+        assert p.description == "about product 3"  # deferred column loads
+        p.price = decimal.Decimal("99.00")
+        s.commit()  # changes flush
+    with Session(engine) as s:
+        assert s.get(Product, 3).price == decimal.Decimal("99.00")
+
+
+def test_held_object_is_reused_and_pending_changes_survive(engine, cache):
+    stmt = select(Product).where(Product.category_id == 1).order_by(Product.id).options(FromCache())
+    with Session(engine) as s:
+        s.scalars(stmt).all()
+    with Session(engine, autoflush=False) as s:
+        held = s.get(Product, 4)
+        held.name = "pending rename"
+        got = s.scalars(stmt).all()
+        assert held in got  # the very same object
+        assert held.name == "pending rename"  # merge(load=False) would lose this
+
+
+def test_unknown_region_is_a_typed_error(engine, cache):
+    with Session(engine) as s, pytest.raises(UnknownRegionError):
+        s.execute(select(Product).options(FromCache("nope")))
+
+
+def test_no_cache_wins_over_session_region(engine, sql, cache):
+    stmt = select(Category).order_by(Category.id)
+    with Session(engine, info={"cache_region": "default"}) as s:
+        s.scalars(stmt).all()
+    mark = sql.count
+    with Session(engine, info={"cache_region": "default"}) as s:
+        s.scalars(stmt.options(NoCache())).all()
+    assert sql.since(mark) == 1
+    with Session(engine, info={"cache_region": "default"}) as s:
+        s.scalars(stmt).all()
+    assert sql.since(mark) == 1
