@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from weakref import WeakKeyDictionary
@@ -409,8 +410,7 @@ class QueryCache:
     ) -> tuple[Any, Optional[list[int]]]:
         """(result or None, current versions or None if unusable)."""
         try:
-            raw = region.get(key)
-            versions = self.versions.read(names)
+            raw, versions = self._fetch(region, key, names, orm_state)
         except Exception as err:
             self._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
                             region.name, err)  # fmt: skip
@@ -435,6 +435,22 @@ class QueryCache:
             return None, versions
         self._stats.incr(region.name, "hits")
         return plan.shape.result(data), versions
+
+    def _fetch(
+        self, region: RegionStore, key: str, names: tuple[str, ...], orm_state: Any
+    ) -> tuple[Optional[bytes], Optional[list[int]]]:
+        """The entry and the current versions; one round trip when both live in one Redis."""
+        store = self.versions
+        if region.combined is None:
+            same = getattr(store, "same_server", None)
+            region.combined = bool(region.redis is not None and same and same(region.redis))
+        if region.combined:
+            raw, versions = store.read_with_entry(region.redis, key, names)  # type: ignore[attr-defined]
+            return raw, versions
+        if getattr(store, "needs_bind", False):
+            return region.get(key), store.read(names, orm_state.session.get_bind(
+                **orm_state.bind_arguments))
+        return region.get(key), store.read(names)
 
     def _miss(
         self,
@@ -497,16 +513,29 @@ class QueryCache:
         else:
             ct.written |= names
 
-    def _begin_commit(self, names: list[str]) -> tuple[tuple[str, ...], bool]:
-        """Before the database commit: bump and mark in flight. (names, marked?)"""
+    def _begin_commit(self, names: list[str], conn: Any = None) -> tuple[tuple[str, ...], bool]:
+        """Before the database commit: bump and mark in flight. (names, marked?)
+
+        If the store does not answer, keep trying for its ``retry_window``
+        (the Redis store's epoch lease) before letting the commit proceed;
+        see :class:`~.versions.RedisVersions` for why that makes outages safe.
+        """
         t = tuple(sorted(names))
-        try:
-            self.versions.begin_write(t)
-            return t, True
-        except Exception as err:
-            self._warn_once(("begin_write", type(err)), "version store unreachable: %r", err)
-            self._failed_bumps.add(t)  # bypassed here until a bump lands
-            return t, False
+        deadline = None
+        while True:
+            try:
+                self.versions.begin_write(t, conn)
+                return t, True
+            except Exception as err:
+                now_ = time.monotonic()
+                if deadline is None:
+                    self._warn_once(("begin_write", type(err)), "version store unreachable: %r",
+                                    err)  # fmt: skip
+                    deadline = now_ + getattr(self.versions, "retry_window", 0.0)
+                if now_ >= deadline:
+                    self._failed_bumps.add(t)  # bypassed here until a bump lands
+                    return t, False
+                time.sleep(0.05)
 
     def _end_commit(self, names: tuple[str, ...], marked: bool) -> None:
         """After the database commit: bump again and clear the in-flight mark."""
@@ -519,10 +548,10 @@ class QueryCache:
         for name in names:
             self._stats.table(name, "invalidations")
 
-    def _on_commit(self, info: dict[str, Any]) -> None:
-        ct = info.get(self._info_key)
+    def _on_commit(self, conn: Any) -> None:
+        ct = conn.info.get(self._info_key)
         if ct is not None and ct.written:
-            ct.committing.append(self._begin_commit(list(ct.written)))
+            ct.committing.append(self._begin_commit(list(ct.written), conn))
             ct.written = set()
 
     def _settle(self, info: Optional[dict[str, Any]]) -> None:

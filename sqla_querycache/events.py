@@ -114,7 +114,7 @@ def install(cache: "QueryCache", target: Any) -> Installation:
             cache._settle(conn.info)
 
     def on_commit(conn: Any) -> None:
-        cache._on_commit(conn.info)
+        cache._on_commit(conn)
 
     def on_rollback(conn: Any) -> None:
         cache._on_rollback(conn.info)

@@ -33,7 +33,7 @@ def _safe_region(config: dict[str, Any]) -> CacheRegion:
 class RegionStore:
     """One named region: where entries of that name live."""
 
-    __slots__ = ("name", "region", "backend", "expiration_time", "_redis", "kind")
+    __slots__ = ("name", "region", "backend", "expiration_time", "redis", "kind", "combined")
 
     def __init__(self, name: str, region: Any):
         if isinstance(region, dict):
@@ -50,8 +50,11 @@ class RegionStore:
         self.backend = region.backend
         exp = region.expiration_time
         self.expiration_time: Optional[float] = exp if exp and exp > 0 else None
-        self._redis = getattr(self.backend, "writer_client", None)
+        #: the backend's Redis client, when it has one (fast paths use it)
+        self.redis = getattr(self.backend, "writer_client", None)
         self.kind = type(self.backend).__name__
+        #: whether entries and versions can be read in one round trip (decided lazily)
+        self.combined: Optional[bool] = None
 
     def get(self, key: str) -> Optional[bytes]:
         value = self.backend.get_serialized(key)
@@ -60,8 +63,8 @@ class RegionStore:
         return value
 
     def set(self, key: str, value: bytes, ttl: Optional[float]) -> None:
-        if self._redis is not None and ttl:
-            self._redis.set(key, value, px=int(ttl * 1000) + 1000)
+        if self.redis is not None and ttl:
+            self.redis.set(key, value, px=int(ttl * 1000) + 1000)
         else:
             self.backend.set_serialized(key, value)
 

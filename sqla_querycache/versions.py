@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections import Counter
 from typing import Any, Optional, Protocol, Sequence
 
@@ -27,12 +28,14 @@ class VersionStore(Protocol):
 
     #: short name shown in repr() and the CLI
     kind: str
+    #: True when ``read`` needs the bind of the query (versions in that database)
+    needs_bind: bool
 
-    def read(self, names: Sequence[str]) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
         """Current versions of ``names``; ``None`` if any is being written."""
 
-    def begin_write(self, names: Sequence[str]) -> None:
-        """Before a commit: bump and mark ``names`` in flight. May raise."""
+    def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
+        """Before a commit (on ``conn``, when known): bump and mark ``names`` in flight."""
 
     def end_write(self, names: Sequence[str]) -> None:
         """After the commit (or its failure): bump again and clear the mark. May raise."""
@@ -45,13 +48,14 @@ class LocalVersions:
     """In-process, thread-safe versions: one process, no network."""
 
     kind = "local"
+    needs_bind = False
 
     def __init__(self) -> None:
         self._versions: dict[str, int] = {}
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def read(self, names: Sequence[str]) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
         versions = self._versions
         in_flight = self._in_flight
         out = []
@@ -69,7 +73,7 @@ class LocalVersions:
         for name in names:
             self._versions[name] = self._versions.get(name, fresh_version()) + 1
 
-    def begin_write(self, names: Sequence[str]) -> None:
+    def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
         with self._lock:
             self._bump_locked(names)
             self._in_flight.update(names)
@@ -90,15 +94,233 @@ class LocalVersions:
         return f"<LocalVersions tables={len(self._versions)} in_flight={sum(self._in_flight.values())}>"
 
 
+class Unavailable(Exception):
+    """The version store did not answer (or is cooling down after it did not)."""
+
+
+class _Circuit:
+    """After a failure, skip the remote store for ``cooldown`` seconds (fail fast)."""
+
+    __slots__ = ("cooldown", "down_until")
+
+    def __init__(self, cooldown: float):
+        self.cooldown = cooldown
+        self.down_until = 0.0
+
+    def check(self) -> None:
+        if self.down_until and time.monotonic() < self.down_until:
+            raise Unavailable("version store cooling down after a failure")
+
+    def failed(self) -> None:
+        self.down_until = time.monotonic() + self.cooldown
+
+    def ok(self) -> None:
+        self.down_until = 0.0
+
+
+# KEYS: epoch, v_1..v_n, w_1..w_n   ARGV: lease_ms, new_epoch, new_v_1..new_v_n
+_READ_LUA = """
+local n = (#KEYS - 1) / 2
+local out = {}
+local e = redis.call('GET', KEYS[1])
+if not e then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+  e = ARGV[2]
+end
+out[1] = e
+for i = 1, n do
+  local w = redis.call('GET', KEYS[1 + n + i])
+  if w and tonumber(w) > 0 then return false end
+  local v = redis.call('GET', KEYS[1 + i])
+  if not v then
+    redis.call('SET', KEYS[1 + i], ARGV[2 + i])
+    v = ARGV[2 + i]
+  end
+  out[i + 1] = v
+end
+return out
+"""
+# KEYS: v_1..v_n, w_1..w_n   ARGV: in-flight ttl ms
+_BEGIN_LUA = """
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('INCR', KEYS[i])
+  redis.call('INCR', KEYS[n + i])
+  redis.call('PEXPIRE', KEYS[n + i], ARGV[1])
+end
+return n
+"""
+_END_LUA = """
+local n = #KEYS / 2
+for i = 1, n do
+  redis.call('INCR', KEYS[i])
+  if redis.call('DECR', KEYS[n + i]) <= 0 then redis.call('DEL', KEYS[n + i]) end
+end
+return n
+"""
+_BUMP_LUA = """
+for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
+return #KEYS
+"""
+
+
+class RedisVersions:
+    """Versions in Redis, shared by every process; one round trip per lookup.
+
+    All keys of one namespace share a hash tag (``{qc}``), so they live in one
+    Redis Cluster slot and each operation is one atomic script.
+
+    Outages: an *epoch* key with a short TTL (``lease``) is part of every
+    entry's versions and is kept alive by a heartbeat of each process. If
+    Redis stops answering, nobody renews it; a writer that cannot mark its
+    tables before its commit keeps retrying for ``lease`` seconds before it
+    commits, so by the time Redis could serve anyone again after such a
+    commit the epoch has expired and every older entry is unreachable.
+    """
+
+    kind = "redis"
+    needs_bind = False
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str = "qc",
+        *,
+        lease: float = 5.0,
+        in_flight_ttl: float = 60.0,
+        cooldown: float = 1.0,
+        heartbeat: bool = True,
+    ):
+        from .exc import ConfigurationError
+
+        if isinstance(client, str):
+            try:
+                import redis
+            except ImportError as err:  # pragma: no cover
+                raise ConfigurationError("versions=<redis URL> needs the 'redis' extra") from err
+            client = redis.Redis.from_url(
+                client, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=0
+            )
+        if not hasattr(client, "register_script"):
+            raise ConfigurationError(f"not a redis client: {client!r}")
+        if lease <= 0 or in_flight_ttl <= 0:
+            raise ConfigurationError("lease and in_flight_ttl must be positive")
+        self.client = client
+        self.namespace = namespace
+        self.lease = float(lease)
+        self.in_flight_ttl = float(in_flight_ttl)
+        self.retry_window = self.lease
+        self._tag = "{" + namespace + "}"
+        self._epoch_key = f"{self._tag}:epoch"
+        self._read = client.register_script(_READ_LUA)
+        self._begin = client.register_script(_BEGIN_LUA)
+        self._end = client.register_script(_END_LUA)
+        self._bump = client.register_script(_BUMP_LUA)
+        self._circuit = _Circuit(cooldown)
+        self._stop = threading.Event()
+        self._heartbeat: Optional[threading.Thread] = None
+        if heartbeat:
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="sqla_querycache-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    def _vkeys(self, names: Sequence[str]) -> list[str]:
+        return [f"{self._tag}:v:{n}" for n in names]
+
+    def _wkeys(self, names: Sequence[str]) -> list[str]:
+        return [f"{self._tag}:w:{n}" for n in names]
+
+    def _call(self, script: Any, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        self._circuit.check()
+        try:
+            out = script(keys=keys, args=args, client=client)
+        except Exception:
+            self._circuit.failed()
+            raise
+        self._circuit.ok()
+        return out
+
+    def read_args(self, names: Sequence[str]) -> tuple[list[str], list[Any]]:
+        keys = [self._epoch_key, *self._vkeys(names), *self._wkeys(names)]
+        args = [int(self.lease * 1000), fresh_version()]
+        args.extend(fresh_version() for _ in names)
+        return keys, args
+
+    @staticmethod
+    def parse(raw: Any) -> Optional[list[int]]:
+        if not raw:
+            return None
+        return [int(v) for v in raw]
+
+    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+        keys, args = self.read_args(names)
+        return self.parse(self._call(self._read, keys, args))
+
+    def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
+        """The entry and the versions in one round trip (a pipeline on one server)."""
+        self._circuit.check()
+        keys, args = self.read_args(names)
+        try:
+            pipe = entry_client.pipeline(transaction=False)
+            pipe.get(key)
+            self._read(keys=keys, args=args, client=pipe)
+            raw, versions = pipe.execute()
+        except Exception:
+            self._circuit.failed()
+            raise
+        self._circuit.ok()
+        return raw, self.parse(versions)
+
+    def same_server(self, other: Any) -> bool:
+        try:
+            a = self.client.connection_pool.connection_kwargs
+            b = other.connection_pool.connection_kwargs
+        except AttributeError:
+            return False
+        fields = ("host", "port", "db", "path", "username")
+        return all(a.get(f) == b.get(f) for f in fields)
+
+    def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
+        self._call(self._begin, [*self._vkeys(names), *self._wkeys(names)],
+                   [int(self.in_flight_ttl * 1000)])  # fmt: skip
+
+    def end_write(self, names: Sequence[str]) -> None:
+        self._call(self._end, [*self._vkeys(names), *self._wkeys(names)], [])
+
+    def bump(self, names: Sequence[str]) -> None:
+        self._call(self._bump, self._vkeys(names), [])
+
+    def _beat(self) -> None:
+        interval = self.lease / 3
+        while not self._stop.wait(interval):
+            try:
+                self.client.pexpire(self._epoch_key, int(self.lease * 1000))
+            except Exception:
+                pass  # Redis away: the epoch is left to expire, by design
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __repr__(self) -> str:
+        kw = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        return f"<RedisVersions {kw.get('host')}:{kw.get('port')}/{kw.get('db')} lease={self.lease:g}s>"
+
+
 def make_version_store(spec: Any, namespace: str) -> VersionStore:
     """``"local"``, a Redis URL or client, ``"sql"``, or a ready store -> a store."""
     from .exc import ConfigurationError
 
     if spec is None or spec == "local":
         return LocalVersions()
+    if isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisVersions(spec, namespace)
+    if hasattr(spec, "register_script") and hasattr(spec, "pipeline"):
+        return RedisVersions(spec, namespace)
     if all(hasattr(spec, m) for m in ("read", "begin_write", "end_write", "bump")):
         return spec  # type: ignore[no-any-return]
     raise ConfigurationError(
         f"versions must be 'local', 'sql', a redis:// URL, a Redis client or a VersionStore; "
         f"got {spec!r}"
     )
+
