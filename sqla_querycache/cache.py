@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from . import codec, events, keys, tracking
 from .codec import CorruptEntry, Unencodable
 from .exc import ConfigurationError, UnknownRegionError
-from .hydrate import MapperSet, NotStorable, Shape, dehydrate, hydrate, mapper_of
+from .hydrate import MapperSet, NotStorable, Shape, dehydrate, derive_shape, hydrate, mapper_of
 from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .regions import RegionStore, now
 from .stats import Stats
@@ -416,17 +416,20 @@ class QueryCache:
                             region.name, err)  # fmt: skip
             self._stats.incr(region.name, "errors")
             return None, None
-        if raw is None or versions is None or plan.shape is None:
+        if raw is None or versions is None:
             return None, versions
         try:
             entry = codec.unpackb(raw)
-            fmt, created, stored_names, stored_versions, payload = entry
+            fmt, created, stored_names, stored_versions, flags, payload = entry
             if fmt != codec.FORMAT_VERSION or stored_names != list(names):
                 raise CorruptEntry("entry of another format or statement")
             if stored_versions != versions:
                 return None, versions  # stale: a table was written since
             if ttl is not None and now() - created > ttl:
                 return None, versions
+            shape = plan.shape or plan.derived.get(tuple(flags))
+            if shape is None:
+                shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
             data = hydrate(orm_state.session, mappers, payload)
         except Exception as err:  # corrupt, foreign or mismatched: a miss
             self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
@@ -434,7 +437,7 @@ class QueryCache:
             self._stats.incr(region.name, "corrupt")
             return None, versions
         self._stats.incr(region.name, "hits")
-        return plan.shape.result(data), versions
+        return shape.result(data), versions
 
     def _fetch(
         self, region: RegionStore, key: str, names: tuple[str, ...], orm_state: Any
@@ -475,7 +478,9 @@ class QueryCache:
         out = shape.result(frozen.data)
         try:
             payload = dehydrate(frozen.data, shape.scalars, preexisting)
-            blob = codec.packb([codec.FORMAT_VERSION, now(), list(names), versions, payload])
+            blob = codec.packb(
+                [codec.FORMAT_VERSION, now(), list(names), versions, shape.flags, payload]
+            )
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             self._stats.incr(region.name, "not_stored")

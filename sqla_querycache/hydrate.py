@@ -22,10 +22,15 @@ fails loudly if they change.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Any, Optional, Sequence
 
+from sqlalchemy import Column
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import IteratorResult
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.util import immutabledict as util_immutabledict
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
 
@@ -78,11 +83,14 @@ class MapperSet:
         return lay
 
 
+def _column_signature(c: Any) -> str:
+    if isinstance(c, Column):
+        return f"{c.table.name if c.table is not None else ''}.{c.name}:{c.type!r}"
+    return f"{type(c).__name__}:{c.type!r}:{c}"  # an expression: its SQL (anon names are stable)
+
+
 def _mapper_signature(m: Mapper) -> str:
-    cols = sorted(
-        p.key + ":" + ",".join(f"{getattr(c, 'table', None)}.{c.name}:{c.type!r}" for c in p.columns)
-        for p in m.column_attrs
-    )
+    cols = sorted(p.key + ":" + ",".join(map(_column_signature, p.columns)) for p in m.column_attrs)
     rels = sorted(f"{r.key}>{class_key(r.mapper)}:{r.uselist}" for r in m.relationships)
     tables = sorted(str(t) for t in m.tables)
     pk = [c.name for c in m.primary_key]
@@ -290,13 +298,16 @@ def hydrate(session: Session, mappers: MapperSet, payload: Any) -> list[Any]:
 class Shape:
     """How to rebuild a Result like the ORM's; learned from a real result."""
 
-    __slots__ = ("metadata", "attributes", "scalars", "unique")
+    __slots__ = ("metadata", "attributes", "scalars", "unique", "flags")
 
     def __init__(self, metadata: Any, attributes: Any, scalars: bool, unique: Any):
         self.metadata = metadata
         self.attributes = attributes
         self.scalars = scalars
         self.unique = unique
+        filtered = bool(attributes.get("filtered", False)) if attributes else False
+        #: what another process needs to rebuild this shape (see derive_shape)
+        self.flags = [bool(scalars), filtered, unique is not None]
 
     def result(self, data: Sequence[Any]) -> IteratorResult[Any]:
         result: IteratorResult[Any] = IteratorResult(self.metadata, iter(data))
@@ -305,6 +316,49 @@ class Shape:
         if self.unique is not None:
             result._unique_filter_state = (set(), self.unique)
         return result
+
+
+def _require_unique(obj: Any) -> Any:
+    raise sa_exc.InvalidRequestError(
+        "The unique() method must be invoked on this Result, as it contains results that "
+        "include joined eager loads against collections"
+    )
+
+
+def _lenient_hash(obj: Any) -> Any:
+    try:
+        return hash(obj)
+    except TypeError:
+        return id(obj)
+
+
+_META_PARAMS = inspect.signature(SimpleResultMetaData.__init__).parameters
+
+
+def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
+    """A result shape from the ORM compile state, for an entry stored by another process.
+
+    ``flags`` were recorded with the entry: (scalars, filtered, unique required).
+    Reads ``ORMSelectCompileState._entities`` (``_label_name``,
+    ``_extra_entities``, ``use_id_for_hash``); checked on SQLAlchemy 2.0.x and
+    2.1.x; ``tests/test_hydrate.py`` compares it with the real shape.
+    """
+    scalars, filtered, unique_required = flags
+    ents = compiled.compile_state._entities
+    labels = [ent._label_name for ent in ents]
+    extra = [ent._extra_entities for ent in ents]
+    filters = [
+        id if ent.use_id_for_hash
+        else _lenient_hash if (ent._non_hashable_value or ent._null_column_type)
+        else None
+        for ent in ents
+    ]  # fmt: skip
+    if "_create_unique_filters" in _META_PARAMS:  # SQLAlchemy 2.1
+        metadata = SimpleResultMetaData(labels, extra, _create_unique_filters=lambda r: filters)
+    else:  # SQLAlchemy 2.0
+        metadata = SimpleResultMetaData(labels, extra, _unique_filters=filters)
+    attributes = util_immutabledict({"filtered": filtered, "is_single_entity": scalars})
+    return Shape(metadata, attributes, scalars, _require_unique if unique_required else None)
 
 
 def mapper_of(entity: Any) -> Optional[Mapper]:

@@ -35,13 +35,14 @@ ANY_TABLE = "@any"
 class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
-    __slots__ = ("digest", "compiled", "tables", "shape", "__weakref__")
+    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "__weakref__")
 
     def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
         self.digest = digest
         self.compiled = compiled
         self.tables = tables
         self.shape: Any = None  # result shape, learned from the first real result
+        self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
 
 
 class PlanMemo:
