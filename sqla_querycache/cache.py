@@ -534,7 +534,7 @@ class QueryCache:
             except Exception as err:
                 now_ = time.monotonic()
                 if deadline is None:
-                    self._warn_once(("begin_write", type(err)), "version store unreachable: %r",
+                    self._warn_once(("begin_write", type(err)), "version store failed: %r",
                                     err)  # fmt: skip
                     deadline = now_ + getattr(self.versions, "retry_window", 0.0)
                 if now_ >= deadline:
@@ -548,7 +548,7 @@ class QueryCache:
             try:
                 self.versions.end_write(names)
             except Exception as err:
-                self._warn_once(("end_write", type(err)), "version store unreachable: %r", err)
+                self._warn_once(("end_write", type(err)), "version store failed: %r", err)
                 self._failed_bumps.add(names, in_flight=True)
         for name in names:
             self._stats.table(name, "invalidations")

@@ -370,9 +370,8 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in body) for i in range(len(HEADERS))]
     lines = []
     for n, line in enumerate(body):
-        lines.append("  ".join(
-            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))
-        ).rstrip())  # fmt: skip
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))]
+        lines.append("  ".join(cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

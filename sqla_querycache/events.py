@@ -99,6 +99,8 @@ def install(cache: "QueryCache", target: Any) -> Installation:
                 tracker.conns = []
 
     def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if context is not None and context.execution_options.get("_qc_internal"):
+            return  # the sql version store's own statements
         names = tracking.written_by(context, statement)
         if names:
             cache._on_write(conn, names, _is_autocommit(conn))

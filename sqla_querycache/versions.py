@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import weakref
 from collections import Counter
 from typing import Any, Optional, Protocol, Sequence
 
@@ -307,12 +308,148 @@ class RedisVersions:
         return f"<RedisVersions {kw.get('host')}:{kw.get('port')}/{kw.get('db')} lease={self.lease:g}s>"
 
 
+#: the table of the "sql" version store (created by the alembic branch in migrations/)
+SQL_TABLE = "querycache_versions"
+
+
+class SqlVersions:
+    """Versions in a table of the application's own database.
+
+    The bump runs on the writer's connection inside its transaction, just
+    before the commit (in a savepoint, so a failure here can never abort the
+    user's transaction): invalidation commits atomically with the data and
+    cannot be lost by a crash between the two. Lookups read the table on a
+    separate autocommit connection: one small primary-key query per lookup,
+    the price of that guarantee. Supports PostgreSQL, MySQL/MariaDB, SQLite.
+    """
+
+    kind = "sql"
+    needs_bind = True
+    retry_window = 0.0
+
+    def __init__(self, table_name: str = SQL_TABLE):
+        from sqlalchemy import BigInteger, Column, MetaData, String, Table
+
+        self.table = Table(
+            table_name,
+            MetaData(),
+            Column("name", String(255), primary_key=True),
+            Column("version", BigInteger, nullable=False),
+        )
+        self._engines: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._sql: dict[Any, str] = {}
+
+    # -- reads, on a separate autocommit connection
+
+    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+        from sqlalchemy import select
+
+        engine = bind.engine
+        self._engines.add(engine)
+        t = self.table
+        with engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT", _qc_internal=True
+        ) as conn:
+            found = dict(conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(names))).all())
+            missing = [n for n in names if n not in found]
+            if missing:
+                conn.execute(self._insert_missing(engine.dialect), [
+                    {"name": n, "version": fresh_version()} for n in missing
+                ])
+                found.update(conn.execute(
+                    select(t.c.name, t.c.version).where(t.c.name.in_(missing))).all())
+        return [found[n] for n in names]
+
+    def _insert_missing(self, dialect: Any) -> Any:
+        name = dialect.name
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            return insert(self.table).on_conflict_do_nothing(index_elements=["name"])
+        if name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            return sqlite_insert(self.table).on_conflict_do_nothing(index_elements=["name"])
+        if name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            stmt = mysql_insert(self.table)
+            return stmt.on_duplicate_key_update(version=self.table.c.version)
+        raise NotImplementedError(f"the sql version store does not support {name}")
+
+    # -- writes, inside the writer's transaction
+
+    def _upsert_sql(self, dialect: Any, names: Sequence[str]) -> str:
+        """An upsert bumping ``names``, rendered with literals for a raw DBAPI cursor."""
+        from sqlalchemy import literal_column
+
+        t = self.table
+        rows = [{"name": n, "version": fresh_version()} for n in names]
+        plus_one = t.c.version + literal_column("1")
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+
+            ins = insert(t).values(rows)
+            stmt = ins.on_conflict_do_update(index_elements=["name"],
+                                             set_={"version": plus_one})  # fmt: skip
+        elif dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            ins = sqlite_insert(t).values(rows)
+            stmt = ins.on_conflict_do_update(index_elements=["name"],
+                                             set_={"version": plus_one})  # fmt: skip
+        elif dialect.name in ("mysql", "mariadb"):
+            from sqlalchemy.dialects.mysql import insert as mysql_insert
+
+            stmt = mysql_insert(t).values(rows).on_duplicate_key_update(version=plus_one)
+        else:
+            raise NotImplementedError(f"the sql version store does not support {dialect.name}")
+        return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+
+    def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
+        if conn is None:
+            return self.bump(names)
+        self._engines.add(conn.engine)
+        sql = self._upsert_sql(conn.dialect, sorted(names))
+        # the commit event fires inside Connection._commit_impl: talk to the
+        # DBAPI connection directly, and in a savepoint so that an error here
+        # (a missing table) rolls back only our statement
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            cursor.execute("SAVEPOINT qc_versions")
+            try:
+                cursor.execute(sql)
+            except Exception:
+                cursor.execute("ROLLBACK TO SAVEPOINT qc_versions")
+                raise
+            cursor.execute("RELEASE SAVEPOINT qc_versions")
+        finally:
+            cursor.close()
+
+    def end_write(self, names: Sequence[str]) -> None:
+        """Nothing to do: the bump committed with the data."""
+
+    def bump(self, names: Sequence[str], engines: Any = None) -> None:
+        targets = list(engines or self._engines)
+        if not targets:
+            raise Unavailable("the sql version store has not seen a database yet")
+        for engine in targets:
+            with engine.begin() as conn:
+                conn = conn.execution_options(_qc_internal=True)
+                conn.exec_driver_sql(self._upsert_sql(engine.dialect, sorted(names)))
+
+    def __repr__(self) -> str:
+        return f"<SqlVersions table={self.table.name!r}>"
+
+
 def make_version_store(spec: Any, namespace: str) -> VersionStore:
     """``"local"``, a Redis URL or client, ``"sql"``, or a ready store -> a store."""
     from .exc import ConfigurationError
 
     if spec is None or spec == "local":
         return LocalVersions()
+    if spec == "sql":
+        return SqlVersions()
     if isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisVersions(spec, namespace)
     if hasattr(spec, "register_script") and hasattr(spec, "pipeline"):
