@@ -509,14 +509,13 @@ class QueryCache:
             ct = info[self._info_key] = tracking.ConnTracker()
         return ct
 
-    def _on_write(self, conn: Any, names: set[str], autocommit: bool) -> None:
-        names = set(names)
-        names.add(keys.ANY_TABLE)
+    def _on_write(self, conn: Any, names: frozenset[str], autocommit: bool) -> None:
         ct = self._conn_tracker(conn.info)
         if autocommit:  # the statement commits itself; settled after it ran
-            ct.committing.append(self._begin_commit(list(names)))
+            ct.committing.append(self._begin_commit([*names, keys.ANY_TABLE]))
         else:
             ct.written |= names
+            ct.written.add(keys.ANY_TABLE)
 
     def _begin_commit(self, names: list[str], conn: Any = None) -> tuple[tuple[str, ...], bool]:
         """Before the database commit: bump and mark in flight. (names, marked?)
@@ -543,15 +542,22 @@ class QueryCache:
                 time.sleep(0.05)
 
     def _end_commit(self, names: tuple[str, ...], marked: bool) -> None:
-        """After the database commit: bump again and clear the in-flight mark."""
+        """After the database commit: bump again and clear the in-flight mark.
+
+        Readers already bypass marked tables, so for a remote store this
+        need not delay the commit: it is handed to a background thread.
+        """
         if marked:
-            try:
-                self.versions.end_write(names)
-            except Exception as err:
-                self._warn_once(("end_write", type(err)), "version store failed: %r", err)
-                self._failed_bumps.add(names, in_flight=True)
+            self._end_write(names)
         for name in names:
             self._stats.table(name, "invalidations")
+
+    def _end_write(self, names: tuple[str, ...]) -> None:
+        try:
+            self.versions.end_write(names)
+        except Exception as err:
+            self._warn_once(("end_write", type(err)), "version store failed: %r", err)
+            self._failed_bumps.add(names, in_flight=True)
 
     def _on_commit(self, conn: Any) -> None:
         ct = conn.info.get(self._info_key)

@@ -175,7 +175,7 @@ def populate(
             (Order, order_rows), (OrderItem, item_rows),
         ):  # fmt: skip
             if rows:
-                conn.execute(insert(model.__table__), rows)
+                conn.execute(insert(Base.metadata.tables[model.__tablename__]), rows)
             counts[model.__tablename__] = len(rows)
     if engine.dialect.name in ("sqlite", "postgresql"):
         with engine.begin() as conn:  # fresh planner statistics for the new data
@@ -284,7 +284,10 @@ def run_demo(
 
     A :class:`~sqla_querycache.QueryCache` with one memory region per workload
     (named after it, so ``stats()`` is per workload) is installed on its own
-    sessionmaker; the uncached calls use another sessionmaker without it.
+    sessionmaker; the uncached calls use another sessionmaker without it (the
+    extension's engine-level write listeners are process-wide, so "uncached"
+    is an untagged query in an application that has the cache installed;
+    ``tests/benchmarks/bench.py`` measures against plain SQLAlchemy).
     Every call gets a fresh Session. The first cached call of a workload is
     the miss that stores the entry; then ``rounds`` rounds alternate
     uncached and cached calls (order flipped every round). Cached results are

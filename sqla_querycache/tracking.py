@@ -11,6 +11,7 @@ otherwise parsed from its SQL conservatively: anything unrecognised writes
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any, Iterable, Optional
 
 from sqlalchemy.orm import Session
@@ -37,9 +38,17 @@ def table_name(table: Any) -> str:
 
 
 def _dml_tables(stmt: UpdateBase) -> set[str]:
-    out = {table_name(t) for t in visitors.iterate(stmt.table) if isinstance(t, TableClause)}
-    for extra in getattr(stmt, "_extra_froms", ()) or ():  # multi-table UPDATE/DELETE
-        out.update(table_name(t) for t in visitors.iterate(extra) if isinstance(t, TableClause))
+    targets = [stmt.table, *(getattr(stmt, "_extra_froms", ()) or ())]  # multi-table forms
+    out: set[str] = set()
+    tables: list[Table] = []
+    for target in targets:
+        for t in visitors.iterate(target):
+            if isinstance(t, TableClause):
+                out.add(table_name(t))
+                if isinstance(t, Table):
+                    tables.append(t)
+    for t in tables:  # rows the database changes itself (ON DELETE / ON UPDATE actions)
+        out |= cascaded(out, t.metadata.tables.values())
     return out
 
 
@@ -52,19 +61,39 @@ def _ddl_tables(stmt: ExecutableDDLElement) -> set[str]:
     return {ALL_TABLES}
 
 
-def written_by(context: Any, statement: str) -> Optional[set[str]]:
+#: compiled statement -> the tables it writes (SQLAlchemy caches compiled
+#: statements, so most executions are a dictionary lookup here)
+_compiled_writes: "weakref.WeakKeyDictionary[Any, Optional[frozenset[str]]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def written_by(context: Any, statement: str) -> Optional[frozenset[str]]:
     """Tables one cursor execution writes; ``None`` when it writes nothing."""
     compiled = getattr(context, "compiled", None)
+    if compiled is None:
+        return parse_sql_writes(statement)
+    try:
+        return _compiled_writes[compiled]
+    except KeyError:
+        pass
+    except TypeError:  # not weak-referenceable
+        return _classify(context, compiled, statement)
+    found = _compiled_writes[compiled] = _classify(context, compiled, statement)
+    return found
+
+
+def _classify(context: Any, compiled: Any, statement: str) -> Optional[frozenset[str]]:
     element = getattr(compiled, "statement", None)
-    if element is not None and not isinstance(element, TextClause):
-        if isinstance(element, UpdateBase):
-            return _dml_tables(element)
-        if isinstance(element, ExecutableDDLElement):
-            return _ddl_tables(element)
-        if getattr(context, "isddl", False):
-            return {ALL_TABLES}
-        return None  # a compiled SELECT
-    return parse_sql_writes(statement)
+    if element is None or isinstance(element, TextClause):
+        return parse_sql_writes(statement)
+    if isinstance(element, UpdateBase):
+        return frozenset(_dml_tables(element))
+    if isinstance(element, ExecutableDDLElement):
+        return frozenset(_ddl_tables(element))
+    if getattr(context, "isddl", False):
+        return frozenset({ALL_TABLES})
+    return None  # a compiled SELECT
 
 
 # -------------------------------------------------------------- textual SQL
@@ -98,7 +127,7 @@ def _clean_name(raw: str) -> str:
     return re.sub(r"[`\"\[\]\s]", "", raw).lower()
 
 
-def parse_sql_writes(sql: str) -> Optional[set[str]]:
+def parse_sql_writes(sql: str) -> Optional[frozenset[str]]:
     """Tables a raw SQL string writes: ``None`` if it only reads, ``{"@all"}`` if unsure."""
     body = _STRINGS.sub(" ", sql)
     statements = [s for s in body.split(";") if s.strip()]
@@ -115,8 +144,8 @@ def parse_sql_writes(sql: str) -> Optional[set[str]]:
                 break
         else:
             if _WRITE_WORDS.search(stmt) or not _READ_ONLY_START.match(stmt):
-                return {ALL_TABLES}
-    return out or None
+                return frozenset({ALL_TABLES})
+    return frozenset(out) if out else None
 
 
 # ---------------------------------------------------------------- sessions

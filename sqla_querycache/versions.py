@@ -44,6 +44,9 @@ class VersionStore(Protocol):
     def bump(self, names: Sequence[str]) -> None:
         """Invalidate ``names`` now (manual invalidation, migrations). May raise."""
 
+    def close(self) -> None:
+        """Release threads and connections the store holds."""
+
 
 class LocalVersions:
     """In-process, thread-safe versions: one process, no network."""
@@ -71,8 +74,10 @@ class LocalVersions:
         return out
 
     def _bump_locked(self, names: Sequence[str]) -> None:
+        versions = self._versions
         for name in names:
-            self._versions[name] = self._versions.get(name, fresh_version()) + 1
+            v = versions.get(name)
+            versions[name] = (fresh_version() if v is None else v) + 1
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
         with self._lock:
@@ -90,6 +95,9 @@ class LocalVersions:
     def bump(self, names: Sequence[str]) -> None:
         with self._lock:
             self._bump_locked(names)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def __repr__(self) -> str:
         return f"<LocalVersions tables={len(self._versions)} in_flight={sum(self._in_flight.values())}>"
@@ -141,23 +149,23 @@ for i = 1, n do
 end
 return out
 """
-# KEYS: v_1..v_n, w_1..w_n   ARGV: in-flight ttl ms
-_BEGIN_LUA = """
-local n = #KEYS / 2
-for i = 1, n do
-  redis.call('INCR', KEYS[i])
-  redis.call('INCR', KEYS[n + i])
-  redis.call('PEXPIRE', KEYS[n + i], ARGV[1])
+# One script for both halves of a write, so a commit's begin carries the
+# previous commits' ends in the same round trip.
+# KEYS: begin v_1..v_b, begin w_1..w_b, end v_1..v_e, end w_1..w_e
+# ARGV: in-flight ttl ms, b, e
+_WRITE_LUA = """
+local b = tonumber(ARGV[2])
+local e = tonumber(ARGV[3])
+for i = 1, e do
+  redis.call('INCR', KEYS[2 * b + i])
+  if redis.call('DECR', KEYS[2 * b + e + i]) <= 0 then redis.call('DEL', KEYS[2 * b + e + i]) end
 end
-return n
-"""
-_END_LUA = """
-local n = #KEYS / 2
-for i = 1, n do
+for i = 1, b do
   redis.call('INCR', KEYS[i])
-  if redis.call('DECR', KEYS[n + i]) <= 0 then redis.call('DEL', KEYS[n + i]) end
+  redis.call('INCR', KEYS[b + i])
+  redis.call('PEXPIRE', KEYS[b + i], ARGV[1])
 end
-return n
+return b + e
 """
 _BUMP_LUA = """
 for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
@@ -214,9 +222,12 @@ class RedisVersions:
         self._tag = "{" + namespace + "}"
         self._epoch_key = f"{self._tag}:epoch"
         self._read = client.register_script(_READ_LUA)
-        self._begin = client.register_script(_BEGIN_LUA)
-        self._end = client.register_script(_END_LUA)
+        self._write = client.register_script(_WRITE_LUA)
         self._bump = client.register_script(_BUMP_LUA)
+        self._ends: list[str] = []  # post-commit halves not delivered yet
+        self._ends_lock = threading.Lock()
+        self._flush_timer: Optional[threading.Timer] = None
+        self.end_delay = 0.02
         self._circuit = _Circuit(cooldown)
         self._stop = threading.Event()
         self._heartbeat: Optional[threading.Thread] = None
@@ -282,12 +293,54 @@ class RedisVersions:
         fields = ("host", "port", "db", "path", "username")
         return all(a.get(f) == b.get(f) for f in fields)
 
+    def _send(self, begin: Sequence[str]) -> None:
+        with self._ends_lock:
+            ends, self._ends = self._ends, []
+        try:
+            self._call(self._write, [*self._vkeys(begin), *self._wkeys(begin),
+                                     *self._vkeys(ends), *self._wkeys(ends)],
+                       [int(self.in_flight_ttl * 1000), len(begin), len(ends)])  # fmt: skip
+        except Exception:
+            with self._ends_lock:
+                self._ends[:0] = ends  # keep them for the next attempt
+            raise
+
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
-        self._call(self._begin, [*self._vkeys(names), *self._wkeys(names)],
-                   [int(self.in_flight_ttl * 1000)])  # fmt: skip
+        self._send(names)
 
     def end_write(self, names: Sequence[str]) -> None:
-        self._call(self._end, [*self._vkeys(names), *self._wkeys(names)], [])
+        """Queue the post-commit half; it rides on the next write or a short timer.
+
+        Until it lands the tables stay marked, so every reader bypasses them:
+        delaying it costs cache hits, never correctness.
+        """
+        with self._ends_lock:
+            self._ends.extend(names)
+            if self._flush_timer is None:
+                self._flush_timer = threading.Timer(self.end_delay, self._flush)
+                self._flush_timer.daemon = True
+                self._flush_timer.start()
+
+    def _flush(self) -> None:
+        with self._ends_lock:
+            self._flush_timer = None
+            if not self._ends:
+                return
+        try:
+            self._send(())
+        except Exception:
+            with self._ends_lock:  # Redis away: try again later
+                if self._flush_timer is None:
+                    self._flush_timer = threading.Timer(max(self.end_delay, 0.5), self._flush)
+                    self._flush_timer.daemon = True
+                    self._flush_timer.start()
+
+    def flush(self) -> None:
+        """Deliver queued post-commit halves now (raises if Redis is away)."""
+        with self._ends_lock:
+            pending = bool(self._ends)
+        if pending:
+            self._send(())
 
     def bump(self, names: Sequence[str]) -> None:
         self._call(self._bump, self._vkeys(names), [])
@@ -428,6 +481,9 @@ class SqlVersions:
 
     def end_write(self, names: Sequence[str]) -> None:
         """Nothing to do: the bump committed with the data."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def bump(self, names: Sequence[str], engines: Any = None) -> None:
         targets = list(engines or self._engines)
