@@ -20,12 +20,23 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session
-from sqlalchemy.sql.elements import ClauseElement
+from sqlalchemy.orm.context import FromStatement
+from sqlalchemy.sql.elements import ClauseElement, TextClause
+from sqlalchemy.sql.selectable import Select
 
 from . import codec, events, keys, tracking
 from .codec import CorruptEntry, Unencodable
 from .exc import ConfigurationError, UnknownRegionError
-from .hydrate import MapperSet, NotStorable, Shape, dehydrate, derive_shape, hydrate, mapper_of
+from .hydrate import (
+    MapperSet,
+    NeedsLocalLoad,
+    NotStorable,
+    Shape,
+    dehydrate,
+    derive_shape,
+    hydrate,
+    mapper_of,
+)
 from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .regions import RegionStore, now
 from .stats import Stats
@@ -263,7 +274,12 @@ class QueryCache:
         opts = orm_state.execution_options
         if "schema_translate_map" in opts or "identity_token" in opts:
             bind_id = keys.bind_identity(bind, opts)
-        memo_key = (cache_key.key, bind_id)
+        load_options = _load_options(orm_state)
+        shape_opts = (  # legacy Query options that change the rows' shape, not the SQL
+            bool(getattr(load_options, "_only_return_tuples", False)),
+            bool(getattr(load_options, "_legacy_uniquing", False)),
+        )
+        memo_key = (cache_key.key, bind_id, shape_opts)
         plan = self._plans.get(memo_key)
         if plan is not None:
             return plan
@@ -277,9 +293,10 @@ class QueryCache:
             if m is not None and hasattr(m, "base_mapper"):
                 roots.append(m)
         mappers = self._mapper_set(roots)
+        codec.register_enums_of(c.type for c in getattr(stmt, "selected_columns", ()))
         digest = keys.make_digest(
             self.namespace, str(codec.FORMAT_VERSION), bind_id, str(compiled),
-            keys.stable_repr(cache_key.key), mappers.fingerprint,
+            keys.stable_repr(cache_key.key), mappers.fingerprint, repr(shape_opts),
         )
         plan = keys.Plan(digest, compiled, tables)
         plan.shape = None
@@ -295,7 +312,7 @@ class QueryCache:
         return ms
 
     def _cacheable(self, orm_state: ORMExecuteState) -> bool:
-        if not orm_state.is_select or orm_state.is_column_load or orm_state.is_relationship_load:
+        if not is_select(orm_state) or orm_state.is_column_load or orm_state.is_relationship_load:
             return False
         if orm_state.is_executemany:
             return False
@@ -305,7 +322,7 @@ class QueryCache:
         stmt = orm_state.statement
         if getattr(stmt, "_for_update_arg", None) is not None:
             return False
-        load_options = orm_state.load_options
+        load_options = _load_options(orm_state)
         if getattr(load_options, "_populate_existing", False) or getattr(
             load_options, "_yield_per", None
         ):
@@ -430,7 +447,14 @@ class QueryCache:
             shape = plan.shape or plan.derived.get(tuple(flags))
             if shape is None:
                 shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
-            data = hydrate(orm_state.session, mappers, payload)
+            load_options = tuple(
+                opt for opt in orm_state.statement._with_options if opt.propagate_to_loaders
+            )
+            data = hydrate(orm_state.session, mappers, payload, plan.templates, load_options)
+        except NeedsLocalLoad:
+            # objects need loader state only a load in this process can give
+            # (raiseload, load_only(raiseload=True), aliased paths): run it once
+            return None, versions
         except Exception as err:  # corrupt, foreign or mismatched: a miss
             self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
                             region.name, err)  # fmt: skip
@@ -477,10 +501,12 @@ class QueryCache:
         plan.shape = shape
         out = shape.result(frozen.data)
         try:
-            payload = dehydrate(frozen.data, shape.scalars, preexisting)
-            blob = codec.packb(
-                [codec.FORMAT_VERSION, now(), list(names), versions, shape.flags, payload]
-            )
+            templates: dict[Any, Any] = {}
+            payload = dehydrate(frozen.data, shape.scalars, preexisting, templates)
+            if templates:
+                plan.templates = {**(plan.templates or {}), **templates}
+            flags = shape.flags
+            blob = codec.packb([codec.FORMAT_VERSION, now(), list(names), versions, flags, payload])
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             self._stats.incr(region.name, "not_stored")
@@ -583,6 +609,25 @@ class QueryCache:
 
 #: plan -> its MapperSet (kept beside the plan so Plan stays a plain record)
 plan_mappers: "WeakKeyDictionary[keys.Plan, MapperSet]" = WeakKeyDictionary()
+
+
+def _load_options(orm_state: ORMExecuteState) -> Any:
+    """``orm_state.load_options``, which SQLAlchemy refuses for from_statement(text())."""
+    if orm_state.is_select:
+        return orm_state.load_options
+    return orm_state.execution_options.get("_sa_orm_load_options")
+
+
+def is_select(orm_state: ORMExecuteState) -> bool:
+    """A SELECT, including ``select(Entity).from_statement(text(...))``.
+
+    SQLAlchemy reports ``is_select`` False for a FromStatement wrapping a
+    TextClause; it returns rows like any ORM select all the same.
+    """
+    if orm_state.is_select:
+        return True
+    stmt = orm_state.statement
+    return isinstance(stmt, FromStatement) and isinstance(stmt.element, (TextClause, Select))
 
 
 def _snapshot_started(session: Session, bind: Any) -> bool:

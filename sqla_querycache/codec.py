@@ -10,6 +10,7 @@ simply does not store the entry.
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import uuid as _uuid
 import zoneinfo
 from decimal import Decimal
@@ -20,7 +21,23 @@ import msgpack
 #: bump when the entry layout changes; old entries then decode as misses
 FORMAT_VERSION = 1
 
-_DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT = range(1, 9)
+_DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT, _ENUM = range(1, 10)
+
+#: Enum classes an entry may name, by qualified name: only classes the mapped
+#: schema or a statement's column types declare (never imported by name)
+_enums: dict[str, type[enum.Enum]] = {}
+
+
+def register_enum(cls: type[enum.Enum]) -> None:
+    """Allow members of ``cls`` in entries (called for the Enum types of mapped columns)."""
+    _enums[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
+
+def register_enums_of(types: Any) -> None:
+    for t in types:
+        cls = getattr(t, "enum_class", None)
+        if isinstance(cls, type) and issubclass(cls, enum.Enum):
+            register_enum(cls)
 
 _packb = msgpack.Packer(use_bin_type=True, datetime=False).pack
 
@@ -81,6 +98,10 @@ def _default(obj: Any) -> msgpack.ExtType:
         return msgpack.ExtType(_TUPLE, _packb_strict(list(obj)))
     if t is int:  # outside msgpack's 64-bit range
         return msgpack.ExtType(_BIGINT, str(obj).encode())
+    if isinstance(obj, enum.Enum):
+        name = f"{t.__module__}.{t.__qualname__}"
+        if _enums.get(name) is t:
+            return msgpack.ExtType(_ENUM, _packb([name, obj.name]))
     raise Unencodable(f"no safe encoding for {t.__module__}.{t.__qualname__}")
 
 
@@ -104,6 +125,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return tuple(unpackb(data))
     if code == _BIGINT:
         return int(data.decode())
+    if code == _ENUM:
+        name, member = unpackb(data)
+        cls = _enums.get(name)
+        if cls is None or member not in cls.__members__:
+            raise CorruptEntry(f"entry names an unknown enum {name}.{member}")
+        return cls[member]
     raise CorruptEntry(f"unknown extension type {code}")
 
 
@@ -111,6 +138,24 @@ def _packb_strict(obj: Any) -> bytes:
     # strict_types: a subclass (an IntEnum, a str subclass) goes through
     # _default and is refused there instead of silently losing its type
     return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True, datetime=False)
+
+
+def _default_key(obj: Any) -> Any:
+    if isinstance(obj, enum.Enum):  # keys are hashed, never decoded: any Enum will do
+        t = type(obj)
+        return msgpack.ExtType(_ENUM, _packb([f"{t.__module__}.{t.__qualname__}", obj.name]))
+    return _default(obj)
+
+
+def packb_key(obj: Any) -> bytes:
+    """Encode values for hashing into a key (Enum members of any class allowed)."""
+    try:
+        return msgpack.packb(obj, default=_default_key, use_bin_type=True, strict_types=True,
+                             datetime=False)  # fmt: skip
+    except Unencodable:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:
+        raise Unencodable(str(err)) from err
 
 
 def packb(obj: Any) -> bytes:

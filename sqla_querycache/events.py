@@ -72,8 +72,10 @@ def install(cache: "QueryCache", target: Any) -> Installation:
     inst = Installation()
     key = cache._info_key
 
+    from .cache import is_select
+
     def do_orm_execute(orm_state: Any) -> Any:
-        if orm_state.is_select:
+        if is_select(orm_state):
             return cache._on_execute(orm_state)
         return None
 

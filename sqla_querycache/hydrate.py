@@ -33,8 +33,9 @@ from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.util import immutabledict as util_immutabledict
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.path_registry import PathRegistry
 
-from .codec import CorruptEntry
+from .codec import CorruptEntry, register_enums_of
 
 
 class NotStorable(Exception):
@@ -66,6 +67,8 @@ class MapperSet:
                 found[name] = m
                 todo.extend(rel.mapper for rel in m.relationships)
         self.by_name = found
+        for m in found.values():
+            register_enums_of(c.type for c in m.columns)
         h = hashlib.blake2b(digest_size=12)
         for name in sorted(found):
             h.update(_mapper_signature(found[name]).encode())
@@ -100,10 +103,11 @@ def _mapper_signature(m: Mapper) -> str:
 class _Layout:
     """One (class, loaded columns, loaded relationships) combination."""
 
-    __slots__ = ("mapper", "identity_class", "manager", "cols", "rels", "expire", "ncols",
-                 "load_evt")  # fmt: skip
+    __slots__ = ("key", "mapper", "identity_class", "manager", "cols", "rels", "expire", "ncols",
+                 "load_evt", "paths")  # fmt: skip
 
     def __init__(self, mapper: Mapper, cols: tuple[str, ...], rels: tuple[str, ...]):
+        self.key = (class_key(mapper), cols, rels)
         self.mapper = mapper
         self.identity_class = mapper._identity_class
         self.manager = mapper.class_manager
@@ -122,9 +126,47 @@ class _Layout:
             if p.key not in cols and not getattr(self.manager[p.key].impl, "callable_", None)
         )
         self.load_evt = bool(self.manager.dispatch.load)
+        self.paths: dict[Any, Any] = {}  # stored path steps -> PathRegistry
 
 
 # ------------------------------------------------------------------ dehydrate
+
+
+def _is_entity(value: Any) -> bool:
+    return hasattr(type(value), "_sa_class_manager")
+
+
+def _path_out(path: Any) -> Optional[list[Any]]:
+    """A load path as plain steps (class names, attribute keys); None if not expressible."""
+    out: list[Any] = []
+    for elem in path.path:
+        if isinstance(elem, Mapper):
+            out.append(class_key(elem))
+        elif isinstance(getattr(elem, "key", None), str) and hasattr(elem, "parent"):
+            out.append(["a", elem.key])
+        else:  # an aliased entity: keep it in-process only
+            return None
+    return out
+
+
+def _path_in(mappers: "MapperSet", steps: Sequence[Any]) -> Any:
+    elems: list[Any] = []
+    mapper = None
+    for step in steps:
+        if isinstance(step, str):
+            mapper = mappers.by_name.get(step)
+            if mapper is None:
+                raise CorruptEntry(f"entry names an unknown class {step!r}")
+            elems.append(mapper)
+        else:
+            if mapper is None:
+                raise CorruptEntry("malformed load path")
+            elems.append(mapper.attrs[step[1]])
+    return PathRegistry.coerce(tuple(elems)) if elems else PathRegistry.root
+
+
+class NeedsLocalLoad(Exception):
+    """The entry's objects need loader state only a load in this process can give."""
 
 
 def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
@@ -134,13 +176,20 @@ def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], l
 
 
 def dehydrate(
-    rows: Sequence[Any], scalar: bool, preexisting: Optional[set[Any]]
+    rows: Sequence[Any],
+    scalar: bool,
+    preexisting: Optional[set[Any]],
+    templates: Optional[dict[Any, Any]] = None,
 ) -> list[Any]:
     """Rows of a fresh ORM result -> ``[layouts, entities, kinds, rows]``.
 
     ``preexisting`` is the set of identity keys the session held before the
     query ran (``None`` when it held none); an entity among them, or one with
     pending changes, makes the result :class:`NotStorable`.
+
+    ``templates`` receives, per layout, the per-object loader state the ORM
+    gave the objects (``raiseload``, ``load_only(raiseload=True)``, options
+    propagated to lazy loads): code, so it stays in this process.
     """
     layouts: list[Any] = []
     layout_index: dict[Any, int] = {}
@@ -166,6 +215,12 @@ def dehydrate(
         if li is None:
             li = layout_index[sig] = len(layouts)
             layouts.append(list(spec))
+        if li == len(layouts) - 1 and len(layouts[li]) == 3:  # first object of this layout
+            path = _path_out(state.load_path)
+            needs_local = bool(state.callables) or path is None
+            layouts[li].extend([path or [], needs_local])
+            if needs_local and templates is not None:
+                templates[sig] = (dict(state.callables), state.load_path)
         n = index[id(obj)] = len(entities)
         record = [li, list(key[1]), key[2]]
         record.extend(dict_[k] for k in spec[1])
@@ -173,35 +228,27 @@ def dehydrate(
         pending.append((record, spec[2], dict_))
         return n
 
-    kinds: Optional[list[bool]] = None
+    kinds: list[bool] = []
     out_rows: list[Any] = []
     if scalar:
         kinds = [True]
         for obj in rows:
             out_rows.append(None if obj is None else ref(obj))
-    else:
+    elif rows:
+        width = len(rows[0])
+        kinds = [any(_is_entity(row[i]) for row in rows) for i in range(width)]
         for row in rows:
-            if kinds is None:
-                kinds = [hasattr(type(v), "_sa_class_manager") for v in row]
             out = []
             for is_entity, v in zip(kinds, row):
                 if v is None:
                     out.append(None)
                 elif is_entity:
-                    if not hasattr(type(v), "_sa_class_manager"):
-                        raise NotStorable("mixed entity / value column")
+                    if not _is_entity(v):
+                        raise NotStorable("a column mixes entities and plain values")
                     out.append(ref(v))
-                elif hasattr(type(v), "_sa_class_manager"):
-                    raise NotStorable("mixed entity / value column")
                 else:
                     out.append(v)
             out_rows.append(out)
-        # a column that was None in the first row may hold entities later
-        if kinds is not None and any(
-            not k and any(hasattr(type(r[i]), "_sa_class_manager") for r in rows)
-            for i, k in enumerate(kinds)
-        ):
-            raise NotStorable("entity column started with NULL")
 
     while pending:  # relationships, breadth first; refs may add entities
         record, rel_keys, dict_ = pending.pop()
@@ -209,18 +256,20 @@ def dehydrate(
             value = dict_[key]
             if value is None:
                 record.append(None)
-            elif hasattr(type(value), "_sa_class_manager"):
+            elif _is_entity(value):
                 record.append(ref(value))
             else:
                 members = value.values() if isinstance(value, dict) else value
                 record.append([ref(v) for v in members])
-    return [layouts, entities, kinds or [], scalar, out_rows]
+    return [layouts, entities, kinds, scalar, out_rows]
 
 
 # -------------------------------------------------------------------- hydrate
 
 
-def _attach_new(session: Session, lay: _Layout, key: tuple[Any, ...], values: Any) -> Any:
+def _attach_new(
+    session: Session, lay: _Layout, key: tuple[Any, ...], values: Any, template: Any
+) -> Any:
     """A new persistent object in ``session`` (the steps of orm.loading._instance)."""
     obj = lay.manager.new_instance()
     state = instance_state(obj)
@@ -229,7 +278,14 @@ def _attach_new(session: Session, lay: _Layout, key: tuple[Any, ...], values: An
     state.session_id = session.hash_key
     session.identity_map._add_unpresent(state, key)
     state.dict.update(zip(lay.cols, values))
-    if lay.expire:
+    load_options, state.load_path, callables = template
+    if load_options:  # options the ORM propagates to this object's later lazy loads
+        state.load_options = load_options
+    if callables:  # per-object loaders (raiseload, load_only(raiseload=True)), as loaded
+        state.callables = dict(callables)
+        if lay.expire:
+            state.expired_attributes.update(lay.expire.difference(callables))
+    elif lay.expire:
         state.expired_attributes.update(lay.expire)
     if lay.load_evt:
         lay.manager.dispatch.load(state, None)
@@ -250,10 +306,31 @@ def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
         state._commit(dict_, filled)
 
 
-def hydrate(session: Session, mappers: MapperSet, payload: Any) -> list[Any]:
+def hydrate(
+    session: Session,
+    mappers: MapperSet,
+    payload: Any,
+    templates: Optional[dict[Any, Any]] = None,
+    load_options: tuple[Any, ...] = (),
+) -> list[Any]:
     """``[layouts, entities, kinds, scalar, rows]`` -> row data for a Result."""
     layouts_raw, entities, kinds, scalar, rows = payload
     layouts = [mappers.layout(spec) for spec in layouts_raw]
+    per_layout = []
+    for lay, spec in zip(layouts, layouts_raw):
+        steps, needs_local = spec[3], spec[4]
+        local = templates.get(lay.key) if templates else None
+        if needs_local and local is None:
+            raise NeedsLocalLoad(lay.key[0])
+        if local is not None:
+            callables, path = local
+        else:
+            callables = None
+            k = tuple(map(str, steps))
+            path = lay.paths.get(k)
+            if path is None:
+                path = lay.paths[k] = _path_in(mappers, steps)
+        per_layout.append((load_options, path, callables))
     idmap_get = session.identity_map.get
     objs: list[Any] = []
     fresh: list[bool] = []
@@ -263,7 +340,7 @@ def hydrate(session: Session, mappers: MapperSet, payload: Any) -> list[Any]:
         values = record[3 : 3 + lay.ncols]
         obj = idmap_get(key)
         if obj is None:
-            obj = _attach_new(session, lay, key, values)
+            obj = _attach_new(session, lay, key, values, per_layout[record[0]])
             fresh.append(True)
         else:
             _fill_unloaded(obj, lay, values)
@@ -343,7 +420,7 @@ def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
     ``_extra_entities``, ``use_id_for_hash``); checked on SQLAlchemy 2.0.x and
     2.1.x; ``tests/test_hydrate.py`` compares it with the real shape.
     """
-    scalars, filtered, unique_required = flags
+    scalars, filtered, unique_required = flags[:3]
     ents = compiled.compile_state._entities
     labels = [ent._label_name for ent in ents]
     extra = [ent._extra_entities for ent in ents]

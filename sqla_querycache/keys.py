@@ -35,7 +35,7 @@ ANY_TABLE = "@any"
 class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
-    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "__weakref__")
+    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "templates", "__weakref__")
 
     def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
         self.digest = digest
@@ -43,6 +43,8 @@ class Plan:
         self.tables = tables
         self.shape: Any = None  # result shape, learned from the first real result
         self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
+        #: per-object loader state learned from a real load (see hydrate.dehydrate)
+        self.templates: Optional[dict[Any, Any]] = None
 
 
 class PlanMemo:
@@ -158,7 +160,7 @@ def entry_key(namespace: str, plan: Plan, bindparams: Any, params: Any) -> str:
     if params:
         values.append(sorted(params.items()))
     if values:
-        h.update(codec.packb(values))
+        h.update(codec.packb_key(values))
     return f"{namespace}:q:{h.hexdigest()}"
 
 

@@ -460,13 +460,13 @@ statement(
     "columns_enum_value",
     lambda: select(Product.id, _manager().label("kind")).where(Product.id < 3).order_by(Product.id),
     rows,
-    xfail=BUG_ENUM_VALUE_NOT_STORED,
+    xfail=None,
 )
 statement(
     "entity_enum_parameter",
     lambda: products(Product.id < 3, _manager() == Kind.manager),
     scalars,
-    xfail=BUG_ENUM_PARAMETER_NOT_KEYED,
+    xfail=None,
 )
 
 # --- entities mixed with columns
@@ -584,7 +584,7 @@ statement(
     "outer_join_null_entity_in_first_row",
     lambda: _outer_join(Product, "39.5", Category.id.desc()),
     rows,
-    xfail=BUG_NULL_FIRST_ROW,
+    xfail=None,
 )
 statement(
     "outer_join_null_column",
@@ -900,13 +900,13 @@ statement(
     "raiseload_relationship_still_raises",
     lambda: products(Product.id == 1).options(raiseload(Product.category)),
     lambda r: _with_category(r.scalar_one()),
-    xfail=BUG_LOADER_OPTIONS_LOST,
+    xfail=None,
 )
 statement(
     "load_only_raiseload_still_raises",
     lambda: products(Product.id == 1).options(load_only(Product.name, raiseload=True)),
     lambda r: _with_price(r.scalar_one()),
-    xfail=BUG_COLUMN_RAISELOAD_LOST,
+    xfail=None,
 )
 
 # --- inheritance
@@ -1071,7 +1071,7 @@ statement(
         )
     ),
     scalars,
-    xfail=BUG_TEXT_FROM_STATEMENT,
+    xfail=None,
 )
 
 # --- legacy Query
@@ -1118,7 +1118,7 @@ def _legacy_joinedload(s: Session, tag: Tagger) -> Any:
     return tag(s.query(Category)).options(joinedload(Category.products)).order_by(Category.id).all()
 
 
-@session_case("legacy_query_only_return_tuples", xfail=BUG_LOAD_OPTIONS_NOT_KEYED)
+@session_case("legacy_query_only_return_tuples")
 def _legacy_tuples(s: Session, tag: Tagger) -> Any:
     def query() -> Any:
         return tag(s.query(Product)).filter(Product.id < 3).order_by(Product.id)
