@@ -268,12 +268,15 @@ class QueryCache:
 
     def _plan(self, orm_state: ORMExecuteState, cache_key: Any, bind: Any) -> keys.Plan:
         engine = bind.engine
-        bind_id = self._bind_ids.get(engine)
-        if bind_id is None:
-            bind_id = self._bind_ids[engine] = keys.bind_identity(bind, {})
+        engine_id = self._bind_ids.get(engine)
+        if engine_id is None:
+            # an engine made by execution_options() carries its own schema map
+            engine_id = keys.bind_identity(keys.engine_identity(engine), engine, {})
+            self._bind_ids[engine] = engine_id
         opts = orm_state.execution_options
-        if "schema_translate_map" in opts or "identity_token" in opts:
-            bind_id = keys.bind_identity(bind, opts)
+        bind_id = engine_id
+        if bind is not engine or "schema_translate_map" in opts or "identity_token" in opts:
+            bind_id = keys.bind_identity(engine_id, bind, opts)
         load_options = _load_options(orm_state)
         shape_opts = (  # legacy Query options that change the rows' shape, not the SQL
             bool(getattr(load_options, "_only_return_tuples", False)),
@@ -284,6 +287,11 @@ class QueryCache:
         if plan is not None:
             return plan
         stmt = orm_state.statement
+        if engine.dialect.server_version_info is None:
+            # compiling before the first connect would memoize type decisions
+            # for a server the dialect has not seen yet (MariaDB's UUID, ...)
+            with engine.connect():
+                pass
         compiled = stmt.compile(bind=engine)
         tables = keys.tables_read(compiled, stmt)
         roots = []
@@ -347,7 +355,10 @@ class QueryCache:
                 return None
             bind = session.get_bind(**orm_state.bind_arguments)
             plan = self._plan(orm_state, cache_key, bind)
-            key = keys.entry_key(self.namespace, plan, cache_key.bindparams, orm_state.parameters)
+            key = keys.entry_key(
+                self.namespace, plan, cache_key.bindparams, orm_state.parameters,
+                getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
+            )  # fmt: skip
         except Unencodable:
             self._stats.incr(region_name, "uncacheable")
             return None
@@ -437,8 +448,8 @@ class QueryCache:
             return None, versions
         try:
             entry = codec.unpackb(raw)
-            fmt, created, stored_names, stored_versions, flags, payload = entry
-            if fmt != codec.FORMAT_VERSION or stored_names != list(names):
+            fmt, stored_key, created, stored_names, stored_versions, flags, payload = entry
+            if fmt != codec.FORMAT_VERSION or stored_key != key or stored_names != list(names):
                 raise CorruptEntry("entry of another format or statement")
             if stored_versions != versions:
                 return None, versions  # stale: a table was written since
@@ -450,15 +461,16 @@ class QueryCache:
             load_options = tuple(
                 opt for opt in orm_state.statement._with_options if opt.propagate_to_loaders
             )
-            data = hydrate(orm_state.session, mappers, payload, plan.templates, load_options)
+            data = hydrate(orm_state.session, mappers, payload, plan.templates, load_options, shape)
         except NeedsLocalLoad:
             # objects need loader state only a load in this process can give
             # (raiseload, load_only(raiseload=True), aliased paths): run it once
             return None, versions
         except Exception as err:  # corrupt, foreign or mismatched: a miss
-            self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
-                            region.name, err)  # fmt: skip
-            self._stats.incr(region.name, "corrupt")
+            if not second:  # the same entry, read again under the lock, counts once
+                self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
+                                region.name, err)  # fmt: skip
+                self._stats.incr(region.name, "corrupt")
             return None, versions
         self._stats.incr(region.name, "hits")
         return shape.result(data), versions
@@ -506,7 +518,9 @@ class QueryCache:
             if templates:
                 plan.templates = {**(plan.templates or {}), **templates}
             flags = shape.flags
-            blob = codec.packb([codec.FORMAT_VERSION, now(), list(names), versions, flags, payload])
+            blob = codec.packb(
+                [codec.FORMAT_VERSION, key, now(), list(names), versions, flags, payload]
+            )
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             self._stats.incr(region.name, "not_stored")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import threading
 import uuid as _uuid
 import zoneinfo
 from decimal import Decimal
@@ -19,7 +20,7 @@ from typing import Any
 import msgpack
 
 #: bump when the entry layout changes; old entries then decode as misses
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT, _ENUM = range(1, 10)
 
@@ -54,12 +55,18 @@ def _tz_out(tz: _dt.tzinfo | None, ref: Any) -> Any:
     if tz is None:
         return None
     if isinstance(tz, zoneinfo.ZoneInfo):
+        if not tz.key:  # ZoneInfo.from_file(): nothing to rebuild it from
+            raise Unencodable("a ZoneInfo without a key has no exact encoding")
         return tz.key
     if tz is _dt.timezone.utc:
         return 0
     offset = tz.utcoffset(ref if isinstance(ref, _dt.datetime) else None)
-    if isinstance(tz, _dt.timezone) and offset is not None:
-        return [offset.days * 86400 + offset.seconds, offset.microseconds]
+    if type(tz) is _dt.timezone and offset is not None:
+        out = [offset.days * 86400 + offset.seconds, offset.microseconds]
+        name = tz.tzname(None)
+        if name != _dt.timezone(offset).tzname(None):
+            out.append(name)  # timezone(offset, "CET") keeps its name
+        return out
     raise Unencodable(f"tzinfo {tz!r} has no exact encoding")
 
 
@@ -70,8 +77,8 @@ def _tz_in(raw: Any) -> _dt.tzinfo | None:
         return _dt.timezone.utc
     if isinstance(raw, str):
         return zoneinfo.ZoneInfo(raw)  # reads the tz database; runs no payload code
-    seconds, micros = raw
-    return _dt.timezone(_dt.timedelta(seconds=seconds, microseconds=micros))
+    offset = _dt.timedelta(seconds=raw[0], microseconds=raw[1])
+    return _dt.timezone(offset, raw[2]) if len(raw) > 2 else _dt.timezone(offset)
 
 
 def _default(obj: Any) -> msgpack.ExtType:
@@ -95,7 +102,14 @@ def _default(obj: Any) -> msgpack.ExtType:
     if t is _uuid.UUID:
         return msgpack.ExtType(_UUID, obj.bytes)
     if t is tuple:
-        return msgpack.ExtType(_TUPLE, _packb_strict(list(obj)))
+        level = getattr(_depth, "level", 0)
+        if level >= MAX_EXT_DEPTH - 1:
+            raise Unencodable("tuples nested too deeply")
+        _depth.level = level + 1
+        try:
+            return msgpack.ExtType(_TUPLE, _packb_strict(list(obj)))
+        finally:
+            _depth.level = level
     if t is int:  # outside msgpack's 64-bit range
         return msgpack.ExtType(_BIGINT, str(obj).encode())
     if isinstance(obj, enum.Enum):
@@ -105,7 +119,24 @@ def _default(obj: Any) -> msgpack.ExtType:
     raise Unencodable(f"no safe encoding for {t.__module__}.{t.__qualname__}")
 
 
+#: how deep extension payloads may nest (a tuple in a tuple ...): each level
+#: re-enters msgpack's C unpacker, so a crafted entry must not recurse freely
+MAX_EXT_DEPTH = 16
+_depth = threading.local()
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    level = getattr(_depth, "level", 0)
+    if level >= MAX_EXT_DEPTH:
+        raise CorruptEntry("extension types nested too deeply")
+    _depth.level = level + 1
+    try:
+        return _decode_ext(code, data)
+    finally:
+        _depth.level = level
+
+
+def _decode_ext(code: int, data: bytes) -> Any:
     if code == _DECIMAL:
         return Decimal(data.decode())
     if code == _DATETIME:
@@ -154,7 +185,7 @@ def packb_key(obj: Any) -> bytes:
                              datetime=False)  # fmt: skip
     except Unencodable:
         raise
-    except (TypeError, ValueError, OverflowError) as err:
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
         raise Unencodable(str(err)) from err
 
 
@@ -164,16 +195,19 @@ def packb(obj: Any) -> bytes:
         return _packb_strict(obj)
     except Unencodable:
         raise
-    except (TypeError, ValueError, OverflowError) as err:
+    except (TypeError, ValueError, OverflowError, RecursionError) as err:
         raise Unencodable(str(err)) from err
 
 
 def unpackb(data: bytes) -> Any:
     """Decode bytes made by :func:`packb`; raise :class:`CorruptEntry` on anything else."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptEntry(f"entry is {type(data).__name__}, not bytes")
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
-                               use_list=True)  # fmt: skip
+        value = msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                                use_list=True)  # fmt: skip
     except CorruptEntry:
         raise
     except Exception as err:  # msgpack raises several unrelated types on garbage
         raise CorruptEntry(f"{type(err).__name__}: {err}") from err
+    return value

@@ -65,7 +65,7 @@ def entries(cache: QueryCache, region: str = "default", limit: int = 50) -> list
             continue
         row: dict[str, Any] = {"key": key, "bytes": len(raw)}
         try:
-            fmt, created, names, versions, flags, payload = codec.unpackb(raw)
+            fmt, _key, created, names, versions, flags, payload = codec.unpackb(raw)
             row.update(age=round(now - created, 1), rows=len(payload[4]),
                        tables=",".join(n for n in names if not n.startswith("@")))  # fmt: skip
             row["valid"] = _still_valid(cache, names, versions)

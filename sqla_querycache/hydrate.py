@@ -104,7 +104,7 @@ class _Layout:
     """One (class, loaded columns, loaded relationships) combination."""
 
     __slots__ = ("key", "mapper", "identity_class", "manager", "cols", "rels", "expire", "ncols",
-                 "load_evt", "paths")  # fmt: skip
+                 "load_evt", "paths", "width")  # fmt: skip
 
     def __init__(self, mapper: Mapper, cols: tuple[str, ...], rels: tuple[str, ...]):
         self.key = (class_key(mapper), cols, rels)
@@ -118,6 +118,7 @@ class _Layout:
         self.cols = cols
         self.ncols = len(cols)
         self.rels = [(key, rel_props[key].uselist, self.manager[key].impl) for key in rels]
+        self.width = 3 + len(cols) + len(rels)  # layout, identity, token, columns, relations
         # columns this load did not fetch and that have no loader of their
         # own must load on access, as the ORM marks them (orm.loading "expire")
         self.expire = frozenset(
@@ -267,16 +268,12 @@ def dehydrate(
 # -------------------------------------------------------------------- hydrate
 
 
-def _attach_new(
-    session: Session, lay: _Layout, key: tuple[Any, ...], values: Any, template: Any
-) -> Any:
-    """A new persistent object in ``session`` (the steps of orm.loading._instance)."""
+def _new_object(lay: _Layout, key: tuple[Any, ...], values: Any, template: Any) -> Any:
+    """A persistent object, not yet in any session (the steps of orm.loading._instance)."""
     obj = lay.manager.new_instance()
     state = instance_state(obj)
     state.key = key
     state.identity_token = key[2]
-    state.session_id = session.hash_key
-    session.identity_map._add_unpresent(state, key)
     state.dict.update(zip(lay.cols, values))
     load_options, state.load_path, callables = template
     if load_options:  # options the ORM propagates to this object's later lazy loads
@@ -287,9 +284,19 @@ def _attach_new(
             state.expired_attributes.update(lay.expire.difference(callables))
     elif lay.expire:
         state.expired_attributes.update(lay.expire)
-    if lay.load_evt:
-        lay.manager.dispatch.load(state, None)
     return obj
+
+
+def _attach(session: Session, states: list[Any], layouts: list[_Layout]) -> None:
+    """Put new persistent objects into the session's identity map, then fire ``load``."""
+    idmap = session.identity_map
+    hash_key = session.hash_key
+    for state, _ in states:
+        state.session_id = hash_key
+        idmap._add_unpresent(state, state.key)
+    for state, lay in states:
+        if lay.load_evt:
+            lay.manager.dispatch.load(state, None)
 
 
 def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
@@ -306,15 +313,31 @@ def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
         state._commit(dict_, filled)
 
 
+def _ref(value: Any, n: int) -> int:
+    if type(value) is not int or not 0 <= value < n:
+        raise CorruptEntry("entry refers to an entity it does not hold")
+    return value
+
+
 def hydrate(
     session: Session,
     mappers: MapperSet,
     payload: Any,
     templates: Optional[dict[Any, Any]] = None,
     load_options: tuple[Any, ...] = (),
+    shape: Optional[Shape] = None,
 ) -> list[Any]:
-    """``[layouts, entities, kinds, scalar, rows]`` -> row data for a Result."""
+    """``[layouts, entities, kinds, scalar, rows]`` -> row data for a Result.
+
+    The whole entry is checked (references, lengths, the statement's result
+    shape) before anything touches the session: a bad entry raises and leaves
+    the identity map as it was.
+    """
     layouts_raw, entities, kinds, scalar, rows = payload
+    if shape is not None:
+        width = len(shape.metadata._keys)  # .keys hides unnamed columns (func.sum())
+        if bool(scalar) != bool(shape.scalars) or (not scalar and rows and len(kinds) != width):
+            raise CorruptEntry("entry does not have the statement's result shape")
     layouts = [mappers.layout(spec) for spec in layouts_raw]
     per_layout = []
     for lay, spec in zip(layouts, layouts_raw):
@@ -331,45 +354,75 @@ def hydrate(
             if path is None:
                 path = lay.paths[k] = _path_in(mappers, steps)
         per_layout.append((load_options, path, callables))
+
+    n = len(entities)
     idmap_get = session.identity_map.get
     objs: list[Any] = []
-    fresh: list[bool] = []
-    for record in entities:
+    new_states: list[Any] = []
+    held: list[tuple[int, Any, _Layout]] = []
+    seen: set[Any] = set()
+    for i, record in enumerate(entities):
         lay = layouts[record[0]]
+        if len(record) != lay.width:
+            raise CorruptEntry("entity record does not match its layout")
         key = (lay.identity_class, tuple(record[1]), record[2])
-        values = record[3 : 3 + lay.ncols]
+        if key in seen:
+            raise CorruptEntry("entry holds one identity twice")
+        seen.add(key)
         obj = idmap_get(key)
         if obj is None:
-            obj = _attach_new(session, lay, key, values, per_layout[record[0]])
-            fresh.append(True)
+            obj = _new_object(lay, key, record[3 : 3 + lay.ncols], per_layout[record[0]])
+            new_states.append((instance_state(obj), lay))
         else:
-            _fill_unloaded(obj, lay, values)
-            fresh.append(False)
+            held.append((i, obj, lay))
         objs.append(obj)
-    for n, record in enumerate(entities):
+
+    relations: list[tuple[int, Any, Any, bool, Any]] = []
+    for i, record in enumerate(entities):
         lay = layouts[record[0]]
-        if not lay.rels:
-            continue
-        obj = objs[n]
-        state = instance_state(obj)
-        dict_ = state.dict
         base = 3 + lay.ncols
-        for i, (key, uselist, impl) in enumerate(lay.rels):
-            if not fresh[n] and key in dict_:
-                continue  # the session's own view of a held object wins
-            value = record[base + i]
+        for j, (key, uselist, impl) in enumerate(lay.rels):
+            value = record[base + j]
             if uselist:
-                impl.set_committed_value(state, dict_, [objs[j] for j in value or ()])
+                if not isinstance(value, list):
+                    raise CorruptEntry("collection is not a list")
+                target: Any = [objs[_ref(v, n)] for v in value]
             else:
-                dict_[key] = None if value is None else objs[value]
-                if not fresh[n]:
-                    state._commit(dict_, [key])
+                target = None if value is None else objs[_ref(value, n)]
+            relations.append((i, key, impl, uselist, target))
+
     if scalar:
-        return [None if r is None else objs[r] for r in rows]
-    if not any(kinds):
-        return [tuple(row) for row in rows]
-    return [tuple(objs[v] if (k and v is not None) else v for k, v in zip(kinds, row))
-            for row in rows]
+        data = [None if r is None else objs[_ref(r, n)] for r in rows]
+    elif not any(kinds):
+        data = [tuple(row) for row in rows]
+        if shape is not None and any(len(row) != len(kinds) for row in data):
+            raise CorruptEntry("row length does not match the result")
+    else:
+        data = []
+        for row in rows:
+            if len(row) != len(kinds):
+                raise CorruptEntry("row length does not match the result")
+            data.append(tuple(objs[_ref(v, n)] if (k and v is not None) else v
+                              for k, v in zip(kinds, row)))  # fmt: skip
+
+    # the entry is sound: now change the session
+    is_new = [True] * n
+    for i, obj, lay in held:
+        is_new[i] = False
+        _fill_unloaded(obj, lay, entities[i][3 : 3 + lay.ncols])
+    for i, key, impl, uselist, target in relations:
+        state = instance_state(objs[i])
+        dict_ = state.dict
+        if not is_new[i] and key in dict_:
+            continue  # the session's own view of a held object wins
+        if uselist:
+            impl.set_committed_value(state, dict_, target)
+        else:
+            dict_[key] = target
+            if not is_new[i]:
+                state._commit(dict_, [key])
+    _attach(session, new_states, layouts)
+    return data
 
 
 class Shape:

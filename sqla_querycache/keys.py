@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import os
 import threading
 import types
 from collections import OrderedDict
@@ -96,10 +97,27 @@ def _stable(obj: Any, out: list[str]) -> None:
     if obj is None or t in (str, int, float, bool, bytes):
         out.append(f"{t.__name__[0]}{obj!r}")
     elif t is tuple or t is list:
+        items = list(obj)
+        start = 1 if items and isinstance(items[0], type) else 0
+        rest = items[start:]
+        if rest and all(type(i) is tuple and len(i) == 2 and type(i[0]) is str for i in rest):
+            # (name, value) pairs, e.g. a type's keyword arguments: SQLAlchemy may
+            # build them from a dict or set whose order depends on the hash seed
+            items[start:] = sorted(rest, key=lambda i: i[0])
         out.append("(")
-        for item in obj:
-            _stable(item, out)
+        previous = None
+        for item in items:
+            if previous == "_compile_options":
+                _compile_options(item, out)
+            else:
+                _stable(item, out)
+            previous = item if type(item) is str else None
         out.append(")")
+    elif t is types.CodeType:  # a lambda's code (lambda_stmt, with_loader_criteria)
+        # the file's base name: servers may install the same code in other places
+        out.append(f"K{os.path.basename(obj.co_filename)}:{obj.co_firstlineno}:{obj.co_name}:"
+                   f"{hashlib.blake2b(obj.co_code, digest_size=8).hexdigest()}")
+        _stable(tuple(c for c in obj.co_consts if not isinstance(c, types.CodeType)), out)
     elif isinstance(obj, type):
         out.append("C" + _qualname(obj))
     elif isinstance(obj, Mapper):
@@ -121,21 +139,63 @@ def _stable(obj: Any, out: list[str]) -> None:
         out.append(f"R{_qualname(t)}:{obj!r}")
 
 
+def _option_pairs(obj: Any, found: dict[str, Any]) -> None:
+    if type(obj) is tuple:
+        if len(obj) == 2 and type(obj[0]) is str and obj[0].startswith("_"):
+            found[obj[0]] = obj[1]
+        else:
+            for item in obj:
+                _option_pairs(item, found)
+
+
+def _compile_options(value: Any, out: list[str]) -> None:
+    """Compile options minus their defaults.
+
+    Running a statement once replaces its default ``_compile_options`` by the
+    ORM's, spelled out; both mean the same, so both render the same.
+    """
+    from sqlalchemy.orm import context as orm_context
+
+    state_cls = getattr(orm_context, "_ORMCompileState", None) or orm_context.ORMCompileState
+    defaults = state_cls.default_compile_options
+    found: dict[str, Any] = {}
+    _option_pairs(value, found)
+    kept = sorted((k, v) for k, v in found.items()
+                  if not (hasattr(defaults, k) and getattr(defaults, k) == v))  # fmt: skip
+    out.append("O")
+    _stable(tuple(kept), out)
+
+
 def stable_repr(cache_key_tuple: Any) -> str:
     out: list[str] = []
     _stable(cache_key_tuple, out)
     return "".join(out)
 
 
-def bind_identity(bind: Engine | Connection, execution_options: Any) -> str:
-    """What of the bind changes results: URL (no password), schema translation."""
-    engine = bind.engine
-    url = engine.url.render_as_string(hide_password=True)
+def engine_identity(engine: Engine) -> str:
+    """The database an engine talks to: its URL without password.
+
+    Private databases (SQLite in memory) are told apart by the engine itself;
+    their keys are meaningful in this process only, like their data.
+    """
+    url = engine.url
+    ident = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        ident += f"#{id(engine)}"
+    return ident
+
+
+def bind_identity(engine_id: str, bind: Engine | Connection, execution_options: Any) -> str:
+    """What of the bind changes results: the database, schema translation, identity token."""
     stm = execution_options.get("schema_translate_map")
     if stm is None:
         stm = bind.get_execution_options().get("schema_translate_map")
     token = execution_options.get("identity_token")
-    return f"{url}|{sorted(stm.items(), key=repr) if stm else ''}|{token!r}"
+    if not stm and token is None:
+        return engine_id
+    # SQLAlchemy adds a "_none" entry to a map in place on first use: not ours
+    pairs = sorted(((k, v) for k, v in (stm or {}).items() if k != "_none"), key=repr)
+    return f"{engine_id}|{pairs}|{token!r}"
 
 
 def make_digest(*parts: str) -> bytes:
@@ -147,7 +207,30 @@ def make_digest(*parts: str) -> bytes:
     return h.digest()
 
 
-def entry_key(namespace: str, plan: Plan, bindparams: Any, params: Any) -> str:
+#: execution options that do not change a SELECT's rows (or are keyed elsewhere)
+_NEUTRAL_OPTIONS = frozenset({
+    "cache_region", "cache_expiration_time", "compiled_cache", "logging_token",
+    "isolation_level", "no_parameters", "synchronize_session", "autoflush",
+    "schema_translate_map", "identity_token", "preserve_rowcount", "insertmanyvalues_page_size",
+    "dml_strategy", "is_delete_using", "is_update_from", "render_nulls", "driver_column_names",
+})  # fmt: skip
+
+
+def user_options(execution_options: Any) -> Optional[list[Any]]:
+    """Execution options a ``do_orm_execute`` hook of the user's may read to change a query.
+
+    SQLAlchemy's own options start with an underscore or are known to be
+    neutral; everything else is part of the key (unknown means "may matter").
+    """
+    found = [(k, v) for k, v in execution_options.items()
+             if k not in _NEUTRAL_OPTIONS and not k.startswith("_")]  # fmt: skip
+    return sorted(found) if found else None
+
+
+def entry_key(
+    namespace: str, plan: Plan, bindparams: Any, params: Any, stmt_params: Any = None,
+    options: Any = None,
+) -> str:
     """The cache key of one execution: the plan's digest plus its parameter values.
 
     ``bindparams`` are the statement's own parameters in cache-key order
@@ -157,8 +240,12 @@ def entry_key(namespace: str, plan: Plan, bindparams: Any, params: Any) -> str:
     """
     h = hashlib.blake2b(plan.digest, digest_size=16)
     values: list[Any] = [bp.effective_value for bp in bindparams]
+    if stmt_params:  # Select.params(), kept by SQLAlchemy 2.1 in CacheKey.params
+        values.append(["p", sorted(stmt_params.items())])
     if params:
-        values.append(sorted(params.items()))
+        values.append(["e", sorted(params.items())])
+    if options:
+        values.append(["o", options])
     if values:
         h.update(codec.packb_key(values))
     return f"{namespace}:q:{h.hexdigest()}"
