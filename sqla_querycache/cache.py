@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 from weakref import WeakKeyDictionary
@@ -64,17 +65,22 @@ class _KeyLocks:
         self._guard = threading.Lock()
 
     @contextmanager
-    def hold(self, key: str, timeout: float) -> Iterator[bool]:
+    def hold(self, key: str, timeout: float) -> Iterator[tuple[bool, bool]]:
+        """Yield (acquired, waited): waited means another miss held the key first."""
         with self._guard:
             entry = self._locks.get(key)
             if entry is None:
                 entry = self._locks[key] = [threading.Lock(), 0]
             entry[1] += 1
-        # a greenlet (AsyncSession) must not block the event loop's thread
         lock = entry[0]
-        acquired = lock.acquire(blocking=False) if _in_greenlet() else lock.acquire(timeout=timeout)
+        waited = False
+        acquired = lock.acquire(blocking=False)
+        # a greenlet (AsyncSession) must not block the event loop's thread
+        if not acquired and not _in_greenlet():
+            waited = True
+            acquired = lock.acquire(timeout=timeout)
         try:
-            yield acquired
+            yield acquired, waited
         finally:
             if acquired:
                 entry[0].release()
@@ -107,6 +113,8 @@ class QueryCache:
     :param namespace: prefix of every key the extension writes.
     :param max_entry_bytes: entries larger than this are not stored.
     :param lock_timeout: seconds a concurrent miss waits for the first one.
+    :param memo_size: decoded entries this process keeps between hits (a hit
+        on one of them reads only the versions); 0 disables it.
     """
 
     def __init__(
@@ -118,6 +126,7 @@ class QueryCache:
         max_entry_bytes: int = 1 << 20,
         lock_timeout: float = 30.0,
         plan_memo_size: int = 2000,
+        memo_size: int = 1000,
     ):
         if not isinstance(regions, Mapping) or not regions:
             raise ConfigurationError("regions must be a non-empty mapping of name -> region")
@@ -145,6 +154,9 @@ class QueryCache:
         self._info_key = f"_sqla_querycache_{id(self)}"
         self._installed: Optional[events.Installation] = None
         self._warned: set[Any] = set()
+        if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
+            raise ConfigurationError(f"memo_size must be an int >= 0: {memo_size!r}")
+        self._memo = _Memo(memo_size)
         self._failed_bumps = _PendingBumps(self)
 
     # ------------------------------------------------------------ public API
@@ -369,7 +381,11 @@ class QueryCache:
 
         if not self._may_use(session, bind, plan, region_name):
             return None
-        names = plan.tables + (tracking.ALL_TABLES, f"@region:{region_name}")
+        names = plan.names.get(region_name)
+        if names is None:
+            names = plan.names[region_name] = (
+                *plan.tables, tracking.ALL_TABLES, f"@region:{region_name}"
+            )
         if self._failed_bumps and self._failed_bumps.blocks(names):
             self._stats.incr(region_name, "bypassed")
             return None
@@ -383,12 +399,12 @@ class QueryCache:
             self._stats.incr(region_name, "bypassed")
             return None
         self._stats.incr(region_name, "misses")
-        with self._locks.hold(key, self.lock_timeout) as locked:
+        with self._locks.hold(key, self.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
             if mutex is not None:
                 mutex.acquire()
             try:
-                if locked:  # someone may have stored it while we waited
+                if waited or mutex is not None:  # someone may have stored it meanwhile
                     result, versions = self._lookup(
                         orm_state, region, key, names, plan, mappers, ttl, second=True
                     )
@@ -436,37 +452,52 @@ class QueryCache:
         ttl: Optional[float],
         second: bool = False,
     ) -> tuple[Any, Optional[list[int]]]:
-        """(result or None, current versions or None if unusable)."""
+        """(result or None, current versions or None if unusable).
+
+        An entry this process decoded before is kept decoded (``self._memo``);
+        then only the versions are read. It is valid under exactly the same
+        rule as the stored one: its versions equal the current ones.
+        """
+        memo_key = (region.name, key)
+        entry = None if second else self._memo.get(memo_key)
         try:
-            raw, versions = self._fetch(region, key, names, orm_state)
+            if entry is not None:
+                raw, versions = None, self._read_versions(names, orm_state)
+            else:
+                raw, versions = self._fetch(region, key, names, orm_state)
         except Exception as err:
             self._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
                             region.name, err)  # fmt: skip
             self._stats.incr(region.name, "errors")
             return None, None
-        if raw is None or versions is None:
-            return None, versions
+        if versions is None:
+            return None, None
         try:
-            entry = codec.unpackb(raw)
-            fmt, stored_key, created, stored_names, stored_versions, flags, payload = entry
-            if fmt != codec.FORMAT_VERSION or stored_key != key or stored_names != list(names):
-                raise CorruptEntry("entry of another format or statement")
-            if stored_versions != versions:
+            if entry is None:
+                if raw is None:
+                    return None, versions
+                entry = _Entry.decode(raw, key, names)
+                self._memo.put(memo_key, entry)
+            if entry.versions != versions:
+                self._memo.pop(memo_key)
                 return None, versions  # stale: a table was written since
-            if ttl is not None and now() - created > ttl:
+            if ttl is not None and now() - entry.created > ttl:
                 return None, versions
+            flags = entry.flags
             shape = plan.shape or plan.derived.get(tuple(flags))
             if shape is None:
                 shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
             load_options = tuple(
                 opt for opt in orm_state.statement._with_options if opt.propagate_to_loaders
             )
-            data = hydrate(orm_state.session, mappers, payload, plan.templates, load_options, shape)
+            data = hydrate(orm_state.session, mappers, entry.payload(), plan.templates,
+                           load_options, shape)  # fmt: skip
         except NeedsLocalLoad:
             # objects need loader state only a load in this process can give
             # (raiseload, load_only(raiseload=True), aliased paths): run it once
             return None, versions
         except Exception as err:  # corrupt, foreign or mismatched: a miss
+            self._memo.pop(memo_key)
             if not second:  # the same entry, read again under the lock, counts once
                 self._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
                                 region.name, err)  # fmt: skip
@@ -474,6 +505,12 @@ class QueryCache:
             return None, versions
         self._stats.incr(region.name, "hits")
         return shape.result(data), versions
+
+    def _read_versions(self, names: tuple[str, ...], orm_state: Any) -> Optional[list[int]]:
+        store = self.versions
+        if getattr(store, "needs_bind", False):
+            return store.read(names, orm_state.session.get_bind(**orm_state.bind_arguments))
+        return store.read(names)
 
     def _fetch(
         self, region: RegionStore, key: str, names: tuple[str, ...], orm_state: Any
@@ -486,10 +523,7 @@ class QueryCache:
         if region.combined:
             raw, versions = store.read_with_entry(region.redis, key, names)  # type: ignore[attr-defined]
             return raw, versions
-        if getattr(store, "needs_bind", False):
-            return region.get(key), store.read(names, orm_state.session.get_bind(
-                **orm_state.bind_arguments))
-        return region.get(key), store.read(names)
+        return region.get(key), self._read_versions(names, orm_state)
 
     def _miss(
         self,
@@ -518,8 +552,9 @@ class QueryCache:
             if templates:
                 plan.templates = {**(plan.templates or {}), **templates}
             flags = shape.flags
+            created = now()
             blob = codec.packb(
-                [codec.FORMAT_VERSION, key, now(), list(names), versions, flags, payload]
+                [codec.FORMAT_VERSION, key, created, list(names), versions, flags, payload]
             )
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
@@ -535,6 +570,7 @@ class QueryCache:
         try:
             region.set(key, blob, ttl)
             self._stats.incr(region.name, "stores")
+            self._memo.put((region.name, key), _Entry(created, versions, flags, blob))
         except Exception as err:
             self._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
                             region.name, err)  # fmt: skip
@@ -662,6 +698,94 @@ def _snapshot_started(session: Session, bind: Any) -> bool:
         return False  # pysqlite starts no transaction for reads
     level = conn.get_execution_options().get("isolation_level") or conn.default_isolation_level
     return str(level).upper() in _SNAPSHOT_LEVELS
+
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _has_mutable(payload: Any) -> bool:
+    """Does a payload hold values a user could change in place (JSON lists and dicts)?"""
+    layouts, entities, kinds, scalar, rows = payload
+    widths = [len(lay[1]) for lay in layouts]
+    for record in entities:
+        for v in record[3 : 3 + widths[record[0]]]:
+            if isinstance(v, _MUTABLE):
+                return True
+    if not scalar and not all(kinds):
+        for row in rows:
+            for is_entity, v in zip(kinds, row):
+                if not is_entity and isinstance(v, _MUTABLE):
+                    return True
+    return False
+
+
+class _Entry:
+    """A cache entry as this process holds it between hits.
+
+    The decoded payload is kept when it holds only immutable values (then it
+    can be shared by every hit); otherwise the bytes are kept and decoded per
+    hit, so that no session can change what another one gets.
+    """
+
+    __slots__ = ("created", "versions", "flags", "_raw", "_payload")
+
+    def __init__(self, created: float, versions: list[int], flags: list[bool], raw: Any,
+                 payload: Any = None):  # fmt: skip
+        self.created = created
+        self.versions = versions
+        self.flags = flags
+        self._raw = raw
+        self._payload = payload
+
+    @classmethod
+    def decode(cls, raw: bytes, key: str, names: tuple[str, ...]) -> "_Entry":
+        fmt, stored_key, created, stored_names, versions, flags, payload = codec.unpackb(raw)
+        if fmt != codec.FORMAT_VERSION or stored_key != key or stored_names != list(names):
+            raise CorruptEntry("entry of another format or statement")
+        if _has_mutable(payload):
+            return cls(created, versions, flags, raw)
+        return cls(created, versions, flags, None, payload)
+
+    def payload(self) -> Any:
+        payload = self._payload
+        if payload is None:
+            payload = codec.unpackb(self._raw)[6]
+            if not _has_mutable(payload):
+                self._payload, self._raw = payload, None
+        return payload
+
+
+class _Memo:
+    """A bounded, thread-safe LRU of decoded entries (0 disables it)."""
+
+    def __init__(self, maxsize: int):
+        self.maxsize = maxsize
+        self._data: OrderedDict[Any, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Optional[_Entry]:
+        entry = self._data.get(key)
+        if entry is not None:
+            try:
+                self._data.move_to_end(key)
+            except KeyError:
+                pass
+        return entry
+
+    def put(self, key: Any, entry: _Entry) -> None:
+        if not self.maxsize:
+            return
+        with self._lock:
+            self._data[key] = entry
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        self._data.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
 
 
 class _PendingBumps:

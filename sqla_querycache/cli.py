@@ -1,8 +1,10 @@
 """The ``sqla-querycache`` command: a thin layer over :mod:`.commands`.
 
 Subcommands and their options are generated from the functions' signatures
-and docstrings. Errors print ``FAILED: ...`` and exit 1. URLs are printed
-without passwords.
+and docstrings (``:param name:`` lines become the options' help). Rows print
+as a table (``rich`` when installed), or as JSON with ``--json``. Errors print
+``FAILED: ...`` and exit 1 (``--raiseerr`` shows the traceback instead).
+Passwords of URLs are masked in everything printed.
 """
 
 from __future__ import annotations
@@ -10,15 +12,21 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
+import logging
 import os
 import re
 import sys
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import commands
+from .cache import QueryCache
 from .exc import QueryCacheError
 
-_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+# scheme://user:password@ -- the password runs to the last "@" before the path
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^/\s]*@")
+_PARAM = re.compile(r":param (\w+):\s*(.*)")
 
 
 def mask(text: Any) -> str:
@@ -26,53 +34,134 @@ def mask(text: Any) -> str:
     return _PASSWORD.sub(r"\1***@", str(text))
 
 
-def load_cache(spec: str) -> Any:
+def load_cache(spec: str | None) -> QueryCache:
     """``package.module:attribute`` -> the QueryCache object it names."""
+    if not spec:
+        raise QueryCacheError("give --cache package.module:attribute (or set QC_CACHE)")
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise QueryCacheError(f"--cache must look like 'package.module:attribute', got {spec!r}")
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like ``python -m``: the application's own modules
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise QueryCacheError(f"cannot import {module_name!r}: {err}") from err
+    except Exception as err:
+        raise QueryCacheError(f"cannot import {module_name!r}: {_describe(err)}") from err
     for part in attr.split("."):
-        obj = getattr(obj, part, None)
-    if obj is None or not hasattr(obj, "regions"):
-        raise QueryCacheError(f"{spec!r} is not a QueryCache")
+        if not hasattr(obj, part):
+            raise QueryCacheError(f"{spec!r}: {type(obj).__name__} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    if not isinstance(obj, QueryCache):
+        raise QueryCacheError(f"{spec!r} is a {type(obj).__name__}, not a QueryCache")
     return obj
 
 
-def _add_command(sub: Any, name: str, fn: Callable[..., Any], needs_cache: bool) -> None:
-    doc = inspect.getdoc(fn) or ""
-    p = sub.add_parser(name, help=doc.splitlines()[0] if doc else None, description=doc)
-    if needs_cache:
-        p.add_argument("--cache", default=os.environ.get("QC_CACHE"),
-                       help="the QueryCache to inspect, as package.module:attribute "
+def _describe(err: BaseException) -> str:
+    return str(err) if isinstance(err, QueryCacheError) else f"{type(err).__name__}: {err}"
+
+
+# ------------------------------------------------------------------ parser
+
+
+def _split_doc(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """A function's docstring -> (description, {parameter: help})."""
+    lines: list[str] = []
+    params: dict[str, str] = {}
+    name = None
+    for line in (inspect.getdoc(fn) or "").splitlines():
+        m = _PARAM.match(line)
+        if m:
+            name = m.group(1)
+            params[name] = m.group(2)
+        elif name and line.startswith(" "):
+            params[name] += " " + line.strip()
+        else:
+            name = None
+            lines.append(line)
+    return "\n".join(lines).strip(), params
+
+
+def _add_command(sub: Any, name: str, cmd: commands.Command, common: Any) -> None:
+    description, helps = _split_doc(cmd.fn)
+    p = sub.add_parser(name, parents=[common], help=description.splitlines()[0],
+                       description=description)  # fmt: skip
+    if cmd.needs_cache:
+        p.add_argument("--cache", dest="_cache", default=os.environ.get("QC_CACHE"),
+                       metavar="MODULE:ATTR",
+                       help="the QueryCache to use, as package.module:attribute "
                             "(default: $QC_CACHE)")  # fmt: skip
-    params = list(inspect.signature(fn).parameters.values())
-    for param in params[1:] if needs_cache else params:
+    params = list(inspect.signature(cmd.fn).parameters.values())
+    for param in params[1:] if cmd.needs_cache else params:
         flag = "--" + param.name.replace("_", "-")
         ann = str(param.annotation)
+        help = helps.get(param.name, "")
+        if param.default not in (None, False, inspect.Parameter.empty):
+            help += f" (default: {mask(param.default)})"
         if "bool" in ann:
-            p.add_argument(flag, action="store_true", dest=param.name)
+            p.add_argument(flag, action="store_true", dest=param.name, help=help)
         elif "list" in ann:
-            p.add_argument(flag, nargs="+", dest=param.name, default=param.default)
+            p.add_argument(flag, nargs="+", dest=param.name, default=param.default,
+                           metavar=param.name.upper().rstrip("S"), help=help)  # fmt: skip
         elif "int" in ann:
-            p.add_argument(flag, type=int, dest=param.name, default=param.default)
+            p.add_argument(flag, type=int, dest=param.name, default=param.default, help=help)
         else:
-            p.add_argument(flag, dest=param.name, default=param.default)
-    p.set_defaults(_fn=fn, _needs_cache=needs_cache)
+            p.add_argument(flag, dest=param.name, default=param.default, help=help)
+    p.set_defaults(_command=cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sqla-querycache", description="Inspect and manage sqla_querycache regions."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, (fn, needs_cache) in commands.COMMANDS.items():
-        _add_command(sub, name, fn, needs_cache)
+    parser.add_argument("--raiseerr", action="store_true", dest="_raiseerr",
+                        help="raise a full traceback on error")  # fmt: skip
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", dest="_json",
+                        help="print the rows as JSON, for scripts")  # fmt: skip
+    sub = parser.add_subparsers(dest="_name", metavar="COMMAND", required=True)
+    for name, cmd in commands.COMMANDS.items():
+        _add_command(sub, name, cmd, common)
     return parser
+
+
+# ------------------------------------------------------------------ output
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.1f} s" if v < 10 and not float(v).is_integer() else f"{v:,.0f} s"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _percent(v: float) -> str:
+    return f"{v:.1%}"
+
+
+#: how a numeric value shows, by the name of its column
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "age": _seconds, "expiration": _seconds, "bytes": _bytes, "hit_ratio": _percent,
+}  # fmt: skip
+
+
+_STYLES = {True: "green", False: "red"}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if _is_number(value) and column in FORMATS:
+        return FORMATS[column](value)
+    return mask(value)
 
 
 def render(rows: Sequence[dict[str, Any]], title: str = "") -> None:
@@ -81,41 +170,65 @@ def render(rows: Sequence[dict[str, Any]], title: str = "") -> None:
         print("(nothing)")
         return
     columns = list(rows[0])
+    cells = [[_cell(c, r.get(c)) for c in columns] for r in rows]
+    right = [all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in columns]
     try:
         from rich.console import Console
+        from rich.measure import Measurement
         from rich.table import Table
+        from rich.text import Text
     except ImportError:
-        cells = [[mask("" if r.get(c) is None else r.get(c)) for c in columns] for r in rows]
-        widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+        widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
         if title:
             print(title)
-        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-        for row in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        for line in [columns, ["-" * w for w in widths], *cells]:
+            print("  ".join(v.rjust(w) if r else v.ljust(w)
+                            for v, w, r in zip(line, widths, right)).rstrip())  # fmt: skip
         return
     table = Table(title=title or None)
-    for c in columns:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*(mask("" if r.get(c) is None else r.get(c)) for c in columns))
-    Console().print(table)
+    first = max(len(line[0]) for line in cells)  # it names the row (region, key): keep it whole
+    for i, (c, r) in enumerate(zip(columns, right)):
+        table.add_column(c, justify="right" if r else "left", overflow="fold",
+                         no_wrap=i == 0, min_width=None if i else first)  # fmt: skip
+    for row, line in zip(rows, cells):
+        values = [row.get(c) for c in columns]
+        styles = [_STYLES[v] if isinstance(v, bool) else "" for v in values]
+        table.add_row(*(Text(v, style=s) for v, s in zip(line, styles)))
+    console = Console()
+    if not console.is_terminal:  # piped: as wide as the table, never folded to 80 columns
+        wide = console.options.update_width(sys.maxsize)
+        console.width = max(console.width, Measurement.get(console, wide, table).maximum)
+    console.print(table)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+class _MaskingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    kwargs = {k: v for k, v in vars(args).items()
-              if not k.startswith("_") and k not in ("command", "cache")}  # fmt: skip
+    handler = logging.StreamHandler()  # the extension's warnings, passwords masked too
+    handler.setFormatter(_MaskingFormatter("%(levelname)s [%(name)s] %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    cmd: commands.Command = args._command
+    kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     try:
-        if args._needs_cache:
-            if not args.cache:
-                raise QueryCacheError("give --cache package.module:attribute (or set QC_CACHE)")
-            rows = args._fn(load_cache(args.cache), **kwargs)
+        if cmd.needs_cache:
+            rows = cmd.fn(load_cache(args._cache), **kwargs)
         else:
-            rows = args._fn(**kwargs)
-    except (QueryCacheError, ValueError, OSError) as err:
-        print(f"FAILED: {mask(err)}", file=sys.stderr)
+            rows = cmd.fn(**kwargs)
+    except Exception as err:
+        if args._raiseerr:
+            raise
+        print(f"FAILED: {mask(_describe(err))}", file=sys.stderr)
         return 1
-    render(rows, title=args.command)
+    if args._json:
+        print(mask(json.dumps(rows, indent=2, default=str)))
+    elif cmd.render is not None:
+        cmd.render(rows)
+    else:
+        render(rows, title=args._name)
     return 0
 
 

@@ -1,25 +1,33 @@
 """What the ``sqla-querycache`` shell command does, as plain functions.
 
-Each function takes a :class:`~sqla_querycache.QueryCache` first and returns
-plain data (lists of dicts), so it is the Python API too::
+Each function takes a :class:`~sqla_querycache.QueryCache` first (except
+:func:`demo`) and returns plain data (a list of dicts, one per row), so it is
+the Python API too::
 
     from sqla_querycache import commands
     commands.entries(cache, region="default", limit=20)
 
-The command line is generated from these signatures (:mod:`.cli`).
+The command line is generated from these signatures and docstrings
+(:mod:`.cli`); :data:`COMMANDS` lists what it offers.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from . import codec
 from .cache import QueryCache
-from .exc import ConfigurationError
+from .exc import ConfigurationError, QueryCacheError
+from .regions import RegionStore
+from .versions import RedisVersions
+
+Rows = list[dict[str, Any]]
 
 
 def _entry_keys(cache: QueryCache, region: str) -> Iterator[str]:
+    """Keys of entries in the store of ``region`` (of every region sharing that store)."""
     store = cache._region(region)
     prefix = f"{cache.namespace}:q:"
     if store.redis is not None:
@@ -33,44 +41,86 @@ def _entry_keys(cache: QueryCache, region: str) -> Iterator[str]:
     raise ConfigurationError(f"region {region!r} ({store.kind}) cannot list its keys")
 
 
-def regions(cache: QueryCache) -> list[dict[str, Any]]:
-    """The regions: backend, expiration, entries stored, and this process's counters."""
-    stats = cache.stats()
-    out = []
-    for name, store in cache.regions.items():
+def _region_entries(cache: QueryCache, region: str) -> Iterator[tuple[str, bytes, Any]]:
+    """``(key, raw, decoded entry or the error decoding it)`` for the entries of ``region``.
+
+    Keys do not name their region, and regions may share a Redis database:
+    an entry belongs to the region whose version name it records.
+    """
+    store = cache._region(region)
+    marker = f"@region:{region}"
+    for key in _entry_keys(cache, region):
+        raw = store.get(key)
+        if raw is None:  # expired or evicted meanwhile
+            continue
         try:
-            count: Any = sum(1 for _ in _entry_keys(cache, name))
-        except Exception as err:  # unlistable or unreachable: say so, keep going
-            count = f"? ({type(err).__name__})"
+            entry = codec.unpackb(raw)
+            if entry[0] != codec.FORMAT_VERSION:
+                raise codec.CorruptEntry(f"entry format {entry[0]}")
+        except Exception as err:  # noqa: BLE001 -- an undecodable entry is listed as such
+            yield key, raw, err
+            continue
+        if marker in entry[3]:
+            yield key, raw, entry
+
+
+def _location(store: RegionStore) -> str | None:
+    """Where a region keeps its entries, without credentials."""
+    if store.redis is None:
+        return "this process" if isinstance(getattr(store.backend, "_cache", None), dict) else None
+    kw = getattr(store.redis.connection_pool, "connection_kwargs", {})
+    if kw.get("path"):
+        return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+    user = f"{kw['username']}@" if kw.get("username") else ""
+    return f"redis://{user}{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+
+
+def _count(cache: QueryCache, region: str) -> Any:
+    store = cache.regions[region]
+    shared = store.redis is not None and any(
+        other is not store and other.redis is not None and _location(other) == _location(store)
+        for other in cache.regions.values()
+    )
+    try:  # a store of its own: count keys; a shared one: read which region each entry is of
+        return sum(1 for _ in (_region_entries if shared else _entry_keys)(cache, region))
+    except Exception as err:  # noqa: BLE001 -- unlistable or unreachable: say so, go on
+        return f"? ({type(err).__name__})"
+
+
+def regions(cache: QueryCache) -> Rows:
+    """The regions: backend, location, expiration, entries stored, this process's hit ratio."""
+    stats = cache.stats()
+    out: Rows = []
+    for name, store in cache.regions.items():
         s = stats[name]
         out.append({
-            "region": name, "backend": store.kind,
-            "expiration": store.expiration_time, "entries": count,
-            "hits": s["hits"], "misses": s["misses"], "stores": s["stores"],
-            "errors": s["errors"], "hit_ratio": s["hit_ratio"],
+            "region": name, "backend": store.kind.removesuffix("Backend"),
+            "location": _location(store), "expiration": store.expiration_time,
+            "entries": _count(cache, name), "hits": s["hits"], "misses": s["misses"],
+            "hit_ratio": s["hit_ratio"],
         })  # fmt: skip
     return out
 
 
-def entries(cache: QueryCache, region: str = "default", limit: int = 50) -> list[dict[str, Any]]:
-    """Entries of one region: key, size, age, rows, tables read and whether still valid."""
-    store = cache._region(region)
-    out = []
+def entries(cache: QueryCache, region: str = "default", limit: int = 50) -> Rows:
+    """Entries of one region: key, size, age, rows, tables read and whether still valid.
+
+    :param region: the region to list
+    :param limit: list at most this many entries
+    """
+    out: Rows = []
     now = time.time()
-    for key in _entry_keys(cache, region):
+    for key, raw, entry in _region_entries(cache, region):
         if len(out) >= limit:
             break
-        raw = store.get(key)
-        if raw is None:
-            continue
         row: dict[str, Any] = {"key": key, "bytes": len(raw)}
-        try:
-            fmt, _key, created, names, versions, flags, payload = codec.unpackb(raw)
+        if isinstance(entry, Exception):
+            row.update(age=None, rows=None, tables="", valid=f"corrupt ({type(entry).__name__})")
+        else:
+            _fmt, _key, created, names, versions, _flags, payload = entry
             row.update(age=round(now - created, 1), rows=len(payload[4]),
-                       tables=",".join(n for n in names if not n.startswith("@")))  # fmt: skip
-            row["valid"] = _still_valid(cache, names, versions)
-        except Exception as err:
-            row.update(age=None, rows=None, tables="", valid=f"corrupt ({type(err).__name__})")
+                       tables=",".join(n for n in names if not n.startswith("@")),
+                       valid=_still_valid(cache, names, versions))  # fmt: skip
         out.append(row)
     return out
 
@@ -81,52 +131,101 @@ def _still_valid(cache: QueryCache, names: list[str], versions: list[int]) -> An
         return "unknown (sql store)"
     try:
         current = store.read(names)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 -- an unreachable store is an answer here
         return f"unknown ({type(err).__name__})"
     return current == versions
 
 
-def versions(cache: QueryCache, tables: Optional[list[str]] = None) -> list[dict[str, Any]]:
-    """Current versions of tables (all tables this process has seen when none given)."""
+def _known_tables(cache: QueryCache) -> list[str]:
+    """Every name with a version: all of them in Redis, those this process saw otherwise."""
+    store = cache.versions
+    if isinstance(store, RedisVersions):
+        prefix = store._vkeys([""])[0]
+        keys = store.client.scan_iter(match=prefix + "*", count=500)
+        return sorted(k.decode()[len(prefix):] if isinstance(k, bytes) else k[len(prefix):]
+                      for k in keys)  # fmt: skip
+    return sorted(cache.table_stats())
+
+
+def versions(cache: QueryCache, tables: list[str] | None = None) -> Rows:
+    """Current versions of tables (every table the version store holds when none given).
+
+    :param tables: the tables to show
+    """
     store = cache.versions
     if getattr(store, "needs_bind", False):
         raise ConfigurationError("the sql version store lives in the database: query its table")
-    names = list(tables or sorted(cache.table_stats()) or [])
+    names = list(tables or _known_tables(cache))
     if not names:
         return []
     current = store.read(names)
     if current is None:
         return [{"table": n, "version": "being written"} for n in names]
-    return [{"table": n, "version": v} for n, v in zip(names, current[-len(names):])]
+    return [{"table": n, "version": v} for n, v in zip(names, current[-len(names) :])]
 
 
 def invalidate(
     cache: QueryCache,
-    tables: Optional[list[str]] = None,
-    region: Optional[str] = None,
+    tables: list[str] | None = None,
+    region: str | None = None,
     everything: bool = False,
-) -> list[dict[str, Any]]:
-    """Invalidate tables, a region, or everything, in every process sharing the versions."""
+) -> Rows:
+    """Invalidate tables, a region, or everything, in every process sharing the versions.
+
+    :param tables: invalidate every entry that read these tables
+    :param region: invalidate every entry of this region
+    :param everything: invalidate every entry of every region
+    """
     if everything:
         cache.invalidate_all()
-        return [{"invalidated": "everything"}]
-    if region:
+        done = ["everything"]
+    elif region:
         cache.invalidate_region(region)
-        return [{"invalidated": f"region {region}"}]
-    if tables:
-        return [{"invalidated": name} for name in cache.invalidate(tables=tables)]
-    raise ConfigurationError("say what to invalidate: --tables, --region or --everything")
+        done = [f"region {region}"]
+    elif tables:
+        done = cache.invalidate(tables=tables)
+    else:
+        raise ConfigurationError("say what to invalidate: --tables, --region or --everything")
+    # QueryCache fails open and retries later; a one-shot caller must know now
+    if not cache._failed_bumps.retry():
+        raise QueryCacheError(f"the version store {cache.versions!r} did not take the "
+                              f"invalidation of {', '.join(done)}")  # fmt: skip
+    return [{"invalidated": what} for what in done]
 
 
-def demo(rounds: int = 0) -> list[dict[str, Any]]:
-    """Run the shop demo: SQLite + memory region, uncached vs cached timings."""
+def demo(rounds: int = 60, url: str = "sqlite://") -> Rows:
+    """Run the shop demo: uncached vs cached timings of four workloads (memory regions).
+
+    :param rounds: timed calls per workload and variant
+    :param url: the database (default: SQLite in memory); only its shop_* tables are
+        dropped and recreated
+    """
     from . import demo as shop
 
-    kwargs = {"rounds": rounds} if rounds else {}
-    return shop.run_demo(**kwargs)  # type: ignore[no-any-return]
+    return shop.run_demo(url, rounds=rounds)
 
 
-#: the commands the CLI offers, in help order; ``needs_cache`` marks those
-#: that take the user's QueryCache (``--cache module:attribute``)
-COMMANDS = {"demo": (demo, False), "regions": (regions, True), "entries": (entries, True),
-            "versions": (versions, True), "invalidate": (invalidate, True)}  # fmt: skip
+def _print_demo(rows: Rows) -> None:
+    from . import demo as shop
+
+    shop.render_table(rows)
+
+
+class Command(NamedTuple):
+    """One subcommand of the CLI."""
+
+    fn: Callable[..., Rows]
+    #: whether ``fn`` takes the user's QueryCache (``--cache module:attribute``) first
+    needs_cache: bool = True
+    #: prints the rows in place of the CLI's generic table
+    render: Callable[[Rows], None] | None = None
+
+
+#: the commands the CLI offers, in help order
+COMMANDS: dict[str, Command] = {
+    "regions": Command(regions),
+    "entries": Command(entries),
+    "versions": Command(versions),
+    "invalidate": Command(invalidate),
+    "demo": Command(demo, needs_cache=False, render=_print_demo),
+}

@@ -36,7 +36,8 @@ ANY_TABLE = "@any"
 class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
-    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "templates", "__weakref__")
+    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "templates", "names",
+                 "__weakref__")  # fmt: skip
 
     def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
         self.digest = digest
@@ -46,6 +47,8 @@ class Plan:
         self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
         #: per-object loader state learned from a real load (see hydrate.dehydrate)
         self.templates: Optional[dict[Any, Any]] = None
+        #: per region: the version names a lookup reads (tables + pseudo-tables)
+        self.names: dict[str, tuple[str, ...]] = {}
 
 
 class PlanMemo:

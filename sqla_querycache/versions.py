@@ -173,6 +173,9 @@ return #KEYS
 """
 
 
+NoScriptError: Any = Exception  # redis.exceptions.NoScriptError, bound on first use
+
+
 class RedisVersions:
     """Versions in Redis, shared by every process; one round trip per lookup.
 
@@ -212,6 +215,8 @@ class RedisVersions:
             )
         if not hasattr(client, "register_script"):
             raise ConfigurationError(f"not a redis client: {client!r}")
+        global NoScriptError
+        from redis.exceptions import NoScriptError
         if lease <= 0 or in_flight_ttl <= 0:
             raise ConfigurationError("lease and in_flight_ttl must be positive")
         self.client = client
@@ -274,15 +279,24 @@ class RedisVersions:
         self._circuit.check()
         keys, args = self.read_args(names)
         try:
-            pipe = entry_client.pipeline(transaction=False)
-            pipe.get(key)
-            self._read(keys=keys, args=args, client=pipe)
-            raw, versions = pipe.execute()
+            try:
+                raw, versions = self._pipelined(entry_client, key, keys, args)
+            except NoScriptError:  # a restarted or flushed server: load it once more
+                self.client.script_load(_READ_LUA)
+                raw, versions = self._pipelined(entry_client, key, keys, args)
         except Exception:
             self._circuit.failed()
             raise
         self._circuit.ok()
         return raw, self.parse(versions)
+
+    def _pipelined(self, client: Any, key: str, keys: list[str], args: list[Any]) -> Any:
+        # EVALSHA directly: a Script object in a pipeline costs an extra
+        # SCRIPT EXISTS round trip on every execute()
+        pipe = client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.evalsha(self._read.sha, len(keys), *keys, *args)
+        return pipe.execute()
 
     def same_server(self, other: Any) -> bool:
         try:

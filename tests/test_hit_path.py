@@ -87,3 +87,32 @@ def test_no_cache_wins_over_session_region(engine, sql, cache):
     with Session(engine, info={"cache_region": "default"}) as s:
         s.scalars(stmt).all()
     assert sql.since(mark) == 1
+
+
+def test_memoized_entry_serves_hits_but_never_outlives_a_write(engine, sql, cache):
+    """The per-process decoded entry obeys the versions exactly like the stored one."""
+    stmt = select(Product).where(Product.category_id == 3).order_by(Product.id).options(
+        FromCache())
+    with Session(engine) as s:
+        s.scalars(stmt).all()
+    for _ in range(2):
+        mark = sql.count
+        with Session(engine) as s:
+            s.scalars(stmt).all()
+        assert sql.since(mark) == 0
+    with Session(engine) as s:
+        s.get(Product, 2).name = "after memo"
+        s.commit()
+    with Session(engine) as s:
+        assert "after memo" in [p.name for p in s.scalars(stmt)]
+
+
+def test_memoized_json_values_are_not_shared_between_sessions(engine, cache):
+    stmt = select(Product).where(Product.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.scalars(stmt).one()
+    with Session(engine) as s:
+        p = s.scalars(stmt).one()
+        p.attrs["sizes"].append(99)  # in-place change, never flushed
+    with Session(engine) as s:
+        assert 99 not in s.scalars(stmt).one().attrs["sizes"]

@@ -68,9 +68,13 @@ def _close(qc: QueryCache) -> None:
 
 @pytest.fixture(params=["local_versions", "redis_versions"])
 def redis_cache(request, redis_url, redis_client) -> Iterator[QueryCache]:
-    """A QueryCache whose only region is on the test Redis (versions local or in Redis too)."""
+    """A QueryCache whose only region is on the test Redis (versions local or in Redis too).
+
+    ``memo_size=0``: every lookup reads (and decodes) what is in Redis, which
+    is what these tests overwrite.
+    """
     versions = redis_url if request.param == "redis_versions" else "local"
-    qc = QueryCache(regions={"default": redis_region(redis_url)}, versions=versions)
+    qc = QueryCache(regions={"default": redis_region(redis_url)}, versions=versions, memo_size=0)
     qc.install(Session)
     yield qc
     _close(qc)
