@@ -217,7 +217,7 @@ class QueryCache:
             parts.append(f"  {name!r}: {store.kind} hits={s['hits']} misses={s['misses']} "
                          f"stores={s['stores']} errors={s['errors']} hit_ratio={ratio}")
         state = "installed" if self._installed is not None else "not installed"
-        return (f"<QueryCache namespace={self.namespace!r} versions={self.versions.kind} "
+        return (f"<QueryCache namespace={self.namespace!r} versions={self.versions!r} "
                 f"{state}\n" + "\n".join(parts) + "\n>")
 
     # ---------------------------------------------------------- helpers
@@ -368,7 +368,7 @@ class QueryCache:
             bind = session.get_bind(**orm_state.bind_arguments)
             plan = self._plan(orm_state, cache_key, bind)
             key = keys.entry_key(
-                self.namespace, plan, cache_key.bindparams, orm_state.parameters,
+                self.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
                 getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
             )  # fmt: skip
         except Unencodable:

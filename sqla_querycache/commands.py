@@ -27,9 +27,9 @@ Rows = list[dict[str, Any]]
 
 
 def _entry_keys(cache: QueryCache, region: str) -> Iterator[str]:
-    """Keys of entries in the store of ``region`` (of every region sharing that store)."""
+    """Keys of the entries of ``region`` (keys name their region)."""
     store = cache._region(region)
-    prefix = f"{cache.namespace}:q:"
+    prefix = f"{cache.namespace}:q:{region}:"
     if store.redis is not None:
         for key in store.redis.scan_iter(match=prefix + "*", count=500):
             yield key.decode() if isinstance(key, bytes) else key
@@ -42,13 +42,8 @@ def _entry_keys(cache: QueryCache, region: str) -> Iterator[str]:
 
 
 def _region_entries(cache: QueryCache, region: str) -> Iterator[tuple[str, bytes, Any]]:
-    """``(key, raw, decoded entry or the error decoding it)`` for the entries of ``region``.
-
-    Keys do not name their region, and regions may share a Redis database:
-    an entry belongs to the region whose version name it records.
-    """
+    """``(key, raw, decoded entry or the error decoding it)`` for the entries of ``region``."""
     store = cache._region(region)
-    marker = f"@region:{region}"
     for key in _entry_keys(cache, region):
         raw = store.get(key)
         if raw is None:  # expired or evicted meanwhile
@@ -60,8 +55,7 @@ def _region_entries(cache: QueryCache, region: str) -> Iterator[tuple[str, bytes
         except Exception as err:  # noqa: BLE001 -- an undecodable entry is listed as such
             yield key, raw, err
             continue
-        if marker in entry[3]:
-            yield key, raw, entry
+        yield key, raw, entry
 
 
 def _location(store: RegionStore) -> str | None:
@@ -76,13 +70,8 @@ def _location(store: RegionStore) -> str | None:
 
 
 def _count(cache: QueryCache, region: str) -> Any:
-    store = cache.regions[region]
-    shared = store.redis is not None and any(
-        other is not store and other.redis is not None and _location(other) == _location(store)
-        for other in cache.regions.values()
-    )
-    try:  # a store of its own: count keys; a shared one: read which region each entry is of
-        return sum(1 for _ in (_region_entries if shared else _entry_keys)(cache, region))
+    try:
+        return sum(1 for _ in _entry_keys(cache, region))
     except Exception as err:  # noqa: BLE001 -- unlistable or unreachable: say so, go on
         return f"? ({type(err).__name__})"
 

@@ -231,7 +231,7 @@ def user_options(execution_options: Any) -> Optional[list[Any]]:
 
 
 def entry_key(
-    namespace: str, plan: Plan, bindparams: Any, params: Any, stmt_params: Any = None,
+    namespace: str, region: str, plan: Plan, bindparams: Any, params: Any, stmt_params: Any = None,
     options: Any = None,
 ) -> str:
     """The cache key of one execution: the plan's digest plus its parameter values.
@@ -251,7 +251,8 @@ def entry_key(
         values.append(["o", options])
     if values:
         h.update(codec.packb_key(values))
-    return f"{namespace}:q:{h.hexdigest()}"
+    # the region is in the key: two regions may share one Redis database
+    return f"{namespace}:q:{region}:{h.hexdigest()}"
 
 
 # ---------------------------------------------------------------- tables read

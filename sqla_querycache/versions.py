@@ -271,30 +271,48 @@ class RedisVersions:
         return [int(v) for v in raw]
 
     def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
-        keys, args = self.read_args(names)
-        return self.parse(self._call(self._read, keys, args))
+        return self._lookup(self.client, None, names)[1]
 
     def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
         """The entry and the versions in one round trip (a pipeline on one server)."""
+        return self._lookup(entry_client, key, names)
+
+    def _lookup(self, client: Any, key: Optional[str], names: Sequence[str]) -> tuple[Any, Any]:
+        """One pipeline: this process's undelivered post-commit halves, the entry, the versions.
+
+        Delivering the halves first means a process reads its own commits'
+        tables as settled at once, instead of bypassing them until the timer.
+        """
         self._circuit.check()
         keys, args = self.read_args(names)
+        with self._ends_lock:
+            ends, self._ends = self._ends, []
         try:
             try:
-                raw, versions = self._pipelined(entry_client, key, keys, args)
-            except NoScriptError:  # a restarted or flushed server: load it once more
+                out = self._pipelined(client, key, keys, args, ends)
+            except NoScriptError:  # a restarted or flushed server: load the scripts again
                 self.client.script_load(_READ_LUA)
-                raw, versions = self._pipelined(entry_client, key, keys, args)
+                self.client.script_load(_WRITE_LUA)
+                out = self._pipelined(client, key, keys, args, ends)
         except Exception:
+            with self._ends_lock:
+                self._ends[:0] = ends  # keep them for the next attempt
             self._circuit.failed()
             raise
         self._circuit.ok()
-        return raw, self.parse(versions)
+        return (out[-2] if key is not None else None), self.parse(out[-1])
 
-    def _pipelined(self, client: Any, key: str, keys: list[str], args: list[Any]) -> Any:
+    def _pipelined(self, client: Any, key: Optional[str], keys: list[str], args: list[Any],
+                   ends: list[str]) -> Any:  # fmt: skip
         # EVALSHA directly: a Script object in a pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute()
         pipe = client.pipeline(transaction=False)
-        pipe.get(key)
+        if ends:
+            end_keys = [*self._vkeys(ends), *self._wkeys(ends)]
+            pipe.evalsha(self._write.sha, len(end_keys), *end_keys,
+                         int(self.in_flight_ttl * 1000), 0, len(ends))  # fmt: skip
+        if key is not None:
+            pipe.get(key)
         pipe.evalsha(self._read.sha, len(keys), *keys, *args)
         return pipe.execute()
 

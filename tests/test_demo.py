@@ -40,7 +40,10 @@ def test_run_demo_rows_and_plain_text_table(monkeypatch):
     for r in rows:
         assert r["uncached_ms"] > 0 and r["cached_ms"] > 0
         assert r["hit_ratio"] is not None and r["hit_ratio"] > 0.5
-    monkeypatch.setitem(sys.modules, "rich", None)  # rich "not installed"
+    for name in [m for m in sys.modules if m == "rich" or m.startswith("rich.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("rich", "rich.console", "rich.table"):  # rich "not installed"
+        monkeypatch.setitem(sys.modules, name, None)
     out = io.StringIO()
     demo.render_table(rows, file=out)
     text = out.getvalue()
