@@ -220,6 +220,8 @@ class RedisVersions:
         if lease <= 0 or in_flight_ttl <= 0:
             raise ConfigurationError("lease and in_flight_ttl must be positive")
         self.client = client
+        #: a Redis Cluster client (no single connection pool): no pipelined scripts
+        self._cluster = not hasattr(client, "connection_pool")
         self.namespace = namespace
         self.lease = float(lease)
         self.in_flight_ttl = float(in_flight_ttl)
@@ -285,6 +287,10 @@ class RedisVersions:
         """
         self._circuit.check()
         keys, args = self.read_args(names)
+        if self._cluster:  # cluster pipelines refuse scripts; all these keys share one slot
+            if self._ends:
+                self._send(())
+            return None, self.parse(self._call(self._read, keys, args))
         with self._ends_lock:
             ends, self._ends = self._ends, []
         try:
