@@ -23,15 +23,15 @@ from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .versions import LocalVersions, VersionStore
 
 __all__ = [
-    "QueryCache",
-    "FromCache",
-    "NoCache",
-    "REGION_OPTION",
     "EXPIRATION_OPTION",
-    "QueryCacheError",
+    "REGION_OPTION",
     "ConfigurationError",
-    "UnknownRegionError",
+    "FromCache",
     "LocalVersions",
+    "NoCache",
+    "QueryCache",
+    "QueryCacheError",
+    "UnknownRegionError",
     "VersionStore",
 ]
 __version__ = "0.1.0"

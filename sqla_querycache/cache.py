@@ -14,11 +14,11 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.context import FromStatement
@@ -41,7 +41,8 @@ from .hydrate import (
 from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .regions import RegionStore, now
 from .stats import Stats
-from .versions import LocalVersions, VersionStore, make_version_store as _make_version_store
+from .versions import VersionStore
+from .versions import make_version_store as _make_version_store
 
 log = logging.getLogger("sqla_querycache")
 
@@ -121,7 +122,7 @@ class QueryCache:
         self,
         regions: Mapping[str, Any],
         *,
-        versions: Union[str, VersionStore, Any] = "local",
+        versions: str | VersionStore | Any = "local",
         namespace: str = "qc",
         max_entry_bytes: int = 1 << 20,
         lock_timeout: float = 30.0,
@@ -132,8 +133,11 @@ class QueryCache:
             raise ConfigurationError("regions must be a non-empty mapping of name -> region")
         if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " :{}"):
             raise ConfigurationError(f"namespace must be a short word, got {namespace!r}")
-        if isinstance(max_entry_bytes, bool) or not isinstance(max_entry_bytes, int) \
-                or max_entry_bytes <= 0:
+        if (
+            isinstance(max_entry_bytes, bool)
+            or not isinstance(max_entry_bytes, int)
+            or max_entry_bytes <= 0
+        ):
             raise ConfigurationError(f"max_entry_bytes must be a positive int: {max_entry_bytes!r}")
         if not isinstance(lock_timeout, (int, float)) or lock_timeout < 0:
             raise ConfigurationError(f"lock_timeout must be >= 0 seconds: {lock_timeout!r}")
@@ -152,7 +156,7 @@ class QueryCache:
         self._stats = Stats(self.regions)
         self._locks = _KeyLocks()
         self._info_key = f"_sqla_querycache_{id(self)}"
-        self._installed: Optional[events.Installation] = None
+        self._installed: events.Installation | None = None
         self._warned: set[Any] = set()
         if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
             raise ConfigurationError(f"memo_size must be an int >= 0: {memo_size!r}")
@@ -161,7 +165,7 @@ class QueryCache:
 
     # ------------------------------------------------------------ public API
 
-    def install(self, target: Any) -> "QueryCache":
+    def install(self, target: Any) -> QueryCache:
         """Hook a Session class, subclass or sessionmaker (also async ones); return self."""
         if self._installed is not None:
             raise ConfigurationError("this QueryCache is already installed; uninstall() first")
@@ -214,11 +218,15 @@ class QueryCache:
         for name, store in self.regions.items():
             s = stats[name]
             ratio = "-" if s["hit_ratio"] is None else f"{s['hit_ratio']:.0%}"
-            parts.append(f"  {name!r}: {store.kind} hits={s['hits']} misses={s['misses']} "
-                         f"stores={s['stores']} errors={s['errors']} hit_ratio={ratio}")
+            parts.append(
+                f"  {name!r}: {store.kind} hits={s['hits']} misses={s['misses']} "
+                f"stores={s['stores']} errors={s['errors']} hit_ratio={ratio}"
+            )
         state = "installed" if self._installed is not None else "not installed"
-        return (f"<QueryCache namespace={self.namespace!r} versions={self.versions!r} "
-                f"{state}\n" + "\n".join(parts) + "\n>")
+        return (
+            f"<QueryCache namespace={self.namespace!r} versions={self.versions!r} "
+            f"{state}\n" + "\n".join(parts) + "\n>"
+        )
 
     # ---------------------------------------------------------- helpers
 
@@ -257,7 +265,7 @@ class QueryCache:
 
     # ------------------------------------------------------------ read path
 
-    def _region_for(self, orm_state: ORMExecuteState) -> tuple[Optional[str], Optional[float]]:
+    def _region_for(self, orm_state: ORMExecuteState) -> tuple[str | None, float | None]:
         region = ttl = None
         for opt in orm_state.user_defined_options:
             if isinstance(opt, NoCache):
@@ -298,7 +306,7 @@ class QueryCache:
         plan = self._plans.get(memo_key)
         if plan is not None:
             return plan
-        stmt = orm_state.statement
+        stmt: Any = orm_state.statement
         if engine.dialect.server_version_info is None:
             # compiling before the first connect would memoize type decisions
             # for a server the dialect has not seen yet (MariaDB's UUID, ...)
@@ -315,8 +323,13 @@ class QueryCache:
         mappers = self._mapper_set(roots)
         codec.register_enums_of(c.type for c in getattr(stmt, "selected_columns", ()))
         digest = keys.make_digest(
-            self.namespace, str(codec.FORMAT_VERSION), bind_id, str(compiled),
-            keys.stable_repr(cache_key.key), mappers.fingerprint, repr(shape_opts),
+            self.namespace,
+            str(codec.FORMAT_VERSION),
+            bind_id,
+            str(compiled),
+            keys.stable_repr(cache_key.key),
+            mappers.fingerprint,
+            repr(shape_opts),
         )
         plan = keys.Plan(digest, compiled, tables)
         plan.shape = None
@@ -343,11 +356,10 @@ class QueryCache:
         if getattr(stmt, "_for_update_arg", None) is not None:
             return False
         load_options = _load_options(orm_state)
-        if getattr(load_options, "_populate_existing", False) or getattr(
-            load_options, "_yield_per", None
-        ):
-            return False
-        return True
+        return not (
+            getattr(load_options, "_populate_existing", False)
+            or getattr(load_options, "_yield_per", None)
+        )
 
     def _on_execute(self, orm_state: ORMExecuteState) -> Any:
         if orm_state.is_relationship_load or orm_state.is_column_load:
@@ -361,7 +373,8 @@ class QueryCache:
             return None
         session = orm_state.session
         try:
-            cache_key = orm_state.statement._generate_cache_key()
+            statement: Any = orm_state.statement
+            cache_key = statement._generate_cache_key()
             if cache_key is None:
                 self._stats.incr(region_name, "uncacheable")
                 return None
@@ -384,7 +397,9 @@ class QueryCache:
         names = plan.names.get(region_name)
         if names is None:
             names = plan.names[region_name] = (
-                *plan.tables, tracking.ALL_TABLES, f"@region:{region_name}"
+                *plan.tables,
+                tracking.ALL_TABLES,
+                f"@region:{region_name}",
             )
         if self._failed_bumps and self._failed_bumps.blocks(names):
             self._stats.incr(region_name, "bypassed")
@@ -429,8 +444,10 @@ class QueryCache:
             written = pending if written is None else written | pending
         if written:
             read = plan.tables
-            if tracking.ALL_TABLES in written or keys.ANY_TABLE in read or not written.isdisjoint(
-                read
+            if (
+                tracking.ALL_TABLES in written
+                or keys.ANY_TABLE in read
+                or not written.isdisjoint(read)
             ):
                 self._stats.incr(region, "bypassed")
                 for name in written.intersection(read):
@@ -449,9 +466,9 @@ class QueryCache:
         names: tuple[str, ...],
         plan: keys.Plan,
         mappers: MapperSet,
-        ttl: Optional[float],
+        ttl: float | None,
         second: bool = False,
-    ) -> tuple[Any, Optional[list[int]]]:
+    ) -> tuple[Any, list[int] | None]:
         """(result or None, current versions or None if unusable).
 
         An entry this process decoded before is kept decoded (``self._memo``);
@@ -487,9 +504,8 @@ class QueryCache:
             shape = plan.shape or plan.derived.get(tuple(flags))
             if shape is None:
                 shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
-            load_options = tuple(
-                opt for opt in orm_state.statement._with_options if opt.propagate_to_loaders
-            )
+            options: Any = orm_state.statement._with_options
+            load_options = tuple(opt for opt in options if opt.propagate_to_loaders)
             data = hydrate(orm_state.session, mappers, entry.payload(), plan.templates,
                            load_options, shape)  # fmt: skip
         except NeedsLocalLoad:
@@ -506,7 +522,7 @@ class QueryCache:
         self._stats.incr(region.name, "hits")
         return shape.result(data), versions
 
-    def _read_versions(self, names: tuple[str, ...], orm_state: Any) -> Optional[list[int]]:
+    def _read_versions(self, names: tuple[str, ...], orm_state: Any) -> list[int] | None:
         store = self.versions
         if getattr(store, "needs_bind", False):
             return store.read(names, orm_state.session.get_bind(**orm_state.bind_arguments))
@@ -514,7 +530,7 @@ class QueryCache:
 
     def _fetch(
         self, region: RegionStore, key: str, names: tuple[str, ...], orm_state: Any
-    ) -> tuple[Optional[bytes], Optional[list[int]]]:
+    ) -> tuple[bytes | None, list[int] | None]:
         """The entry and the current versions; one round trip when both live in one Redis."""
         store = self.versions
         if region.combined is None:
@@ -533,7 +549,7 @@ class QueryCache:
         names: tuple[str, ...],
         versions: list[int],
         plan: keys.Plan,
-        ttl: Optional[float],
+        ttl: float | None,
     ) -> Any:
         session = orm_state.session
         idmap = session.identity_map
@@ -641,7 +657,7 @@ class QueryCache:
             ct.committing.append(self._begin_commit(list(ct.written), conn))
             ct.written = set()
 
-    def _settle(self, info: Optional[dict[str, Any]]) -> None:
+    def _settle(self, info: dict[str, Any] | None) -> None:
         """After a commit returned (or at the next sign of it): the post-commit bump."""
         if info is None:
             return
@@ -658,7 +674,7 @@ class QueryCache:
 
 
 #: plan -> its MapperSet (kept beside the plan so Plan stays a plain record)
-plan_mappers: "WeakKeyDictionary[keys.Plan, MapperSet]" = WeakKeyDictionary()
+plan_mappers: WeakKeyDictionary[keys.Plan, MapperSet] = WeakKeyDictionary()
 
 
 def _load_options(orm_state: ORMExecuteState) -> Any:
@@ -727,7 +743,7 @@ class _Entry:
     hit, so that no session can change what another one gets.
     """
 
-    __slots__ = ("created", "versions", "flags", "_raw", "_payload")
+    __slots__ = ("_payload", "_raw", "created", "flags", "versions")
 
     def __init__(self, created: float, versions: list[int], flags: list[bool], raw: Any,
                  payload: Any = None):  # fmt: skip
@@ -738,7 +754,7 @@ class _Entry:
         self._payload = payload
 
     @classmethod
-    def decode(cls, raw: bytes, key: str, names: tuple[str, ...]) -> "_Entry":
+    def decode(cls, raw: bytes, key: str, names: tuple[str, ...]) -> _Entry:
         fmt, stored_key, created, stored_names, versions, flags, payload = codec.unpackb(raw)
         if fmt != codec.FORMAT_VERSION or stored_key != key or stored_names != list(names):
             raise CorruptEntry("entry of another format or statement")
@@ -763,7 +779,7 @@ class _Memo:
         self._data: OrderedDict[Any, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Optional[_Entry]:
+    def get(self, key: Any) -> _Entry | None:
         entry = self._data.get(key)
         if entry is not None:
             try:

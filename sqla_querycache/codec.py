@@ -40,6 +40,7 @@ def register_enums_of(types: Any) -> None:
         if isinstance(cls, type) and issubclass(cls, enum.Enum):
             register_enum(cls)
 
+
 _packb = msgpack.Packer(use_bin_type=True, datetime=False).pack
 
 
@@ -62,7 +63,7 @@ def _tz_out(tz: _dt.tzinfo | None, ref: Any) -> Any:
         return 0
     offset = tz.utcoffset(ref if isinstance(ref, _dt.datetime) else None)
     if type(tz) is _dt.timezone and offset is not None:
-        out = [offset.days * 86400 + offset.seconds, offset.microseconds]
+        out: list[Any] = [offset.days * 86400 + offset.seconds, offset.microseconds]
         name = tz.tzname(None)
         if name != _dt.timezone(offset).tzname(None):
             out.append(name)  # timezone(offset, "CET") keeps its name
@@ -168,7 +169,9 @@ def _decode_ext(code: int, data: bytes) -> Any:
 def _packb_strict(obj: Any) -> bytes:
     # strict_types: a subclass (an IntEnum, a str subclass) goes through
     # _default and is refused there instead of silently losing its type
-    return msgpack.packb(obj, default=_default, use_bin_type=True, strict_types=True, datetime=False)
+    return msgpack.packb(
+        obj, default=_default, use_bin_type=True, strict_types=True, datetime=False
+    )
 
 
 def _default_key(obj: Any) -> Any:

@@ -8,7 +8,8 @@ Session (Core, ``text()``, migrations) must invalidate too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -67,7 +68,7 @@ class Installation:
                 event.remove(target, name, fn)
 
 
-def install(cache: "QueryCache", target: Any) -> Installation:
+def install(cache: QueryCache, target: Any) -> Installation:
     session_target = _session_target(target)
     inst = Installation()
     key = cache._info_key

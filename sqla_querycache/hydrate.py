@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Column
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
-from sqlalchemy.util import immutabledict as util_immutabledict
 from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.path_registry import PathRegistry
+from sqlalchemy.util import immutabledict as util_immutabledict
 
 from .codec import CorruptEntry, register_enums_of
 
@@ -53,7 +54,7 @@ def class_key(mapper: Mapper) -> str:
 class MapperSet:
     """The mappers a statement can return (by name) and their fingerprint."""
 
-    __slots__ = ("by_name", "fingerprint", "_layouts")
+    __slots__ = ("_layouts", "by_name", "fingerprint")
 
     def __init__(self, roots: Sequence[Mapper]):
         found: dict[str, Mapper] = {}
@@ -75,7 +76,7 @@ class MapperSet:
         self.fingerprint = h.hexdigest()
         self._layouts: dict[Any, _Layout] = {}
 
-    def layout(self, spec: Sequence[Any]) -> "_Layout":
+    def layout(self, spec: Sequence[Any]) -> _Layout:
         key = (spec[0], tuple(spec[1]), tuple(spec[2]))
         lay = self._layouts.get(key)
         if lay is None:
@@ -103,8 +104,19 @@ def _mapper_signature(m: Mapper) -> str:
 class _Layout:
     """One (class, loaded columns, loaded relationships) combination."""
 
-    __slots__ = ("key", "mapper", "identity_class", "manager", "cols", "rels", "expire", "ncols",
-                 "load_evt", "paths", "width")  # fmt: skip
+    __slots__ = (
+        "cols",
+        "expire",
+        "identity_class",
+        "key",
+        "load_evt",
+        "manager",
+        "mapper",
+        "ncols",
+        "paths",
+        "rels",
+        "width",
+    )  # fmt: skip
 
     def __init__(self, mapper: Mapper, cols: tuple[str, ...], rels: tuple[str, ...]):
         self.key = (class_key(mapper), cols, rels)
@@ -137,7 +149,7 @@ def _is_entity(value: Any) -> bool:
     return hasattr(type(value), "_sa_class_manager")
 
 
-def _path_out(path: Any) -> Optional[list[Any]]:
+def _path_out(path: Any) -> list[Any] | None:
     """A load path as plain steps (class names, attribute keys); None if not expressible."""
     out: list[Any] = []
     for elem in path.path:
@@ -150,7 +162,7 @@ def _path_out(path: Any) -> Optional[list[Any]]:
     return out
 
 
-def _path_in(mappers: "MapperSet", steps: Sequence[Any]) -> Any:
+def _path_in(mappers: MapperSet, steps: Sequence[Any]) -> Any:
     elems: list[Any] = []
     mapper = None
     for step in steps:
@@ -179,8 +191,8 @@ def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], l
 def dehydrate(
     rows: Sequence[Any],
     scalar: bool,
-    preexisting: Optional[set[Any]],
-    templates: Optional[dict[Any, Any]] = None,
+    preexisting: set[Any] | None,
+    templates: dict[Any, Any] | None = None,
 ) -> list[Any]:
     """Rows of a fresh ORM result -> ``[layouts, entities, kinds, rows]``.
 
@@ -239,7 +251,7 @@ def dehydrate(
         width = len(rows[0])
         kinds = [any(_is_entity(row[i]) for row in rows) for i in range(width)]
         for row in rows:
-            out = []
+            out: list[Any] = []
             for is_entity, v in zip(kinds, row):
                 if v is None:
                     out.append(None)
@@ -323,9 +335,9 @@ def hydrate(
     session: Session,
     mappers: MapperSet,
     payload: Any,
-    templates: Optional[dict[Any, Any]] = None,
+    templates: dict[Any, Any] | None = None,
     load_options: tuple[Any, ...] = (),
-    shape: Optional[Shape] = None,
+    shape: Shape | None = None,
 ) -> list[Any]:
     """``[layouts, entities, kinds, scalar, rows]`` -> row data for a Result.
 
@@ -391,11 +403,12 @@ def hydrate(
                 target = None if value is None else objs[_ref(value, n)]
             relations.append((i, key, impl, uselist, target))
 
+    data: list[Any]
     if scalar:
         data = [None if r is None else objs[_ref(r, n)] for r in rows]
     elif not any(kinds):
         data = [tuple(row) for row in rows]
-        if shape is not None and any(len(row) != len(kinds) for row in data):
+        if any(len(row) != len(kinds) for row in data):
             raise CorruptEntry("row length does not match the result")
     else:
         data = []
@@ -428,7 +441,7 @@ def hydrate(
 class Shape:
     """How to rebuild a Result like the ORM's; learned from a real result."""
 
-    __slots__ = ("metadata", "attributes", "scalars", "unique", "flags")
+    __slots__ = ("attributes", "flags", "metadata", "scalars", "unique")
 
     def __init__(self, metadata: Any, attributes: Any, scalars: bool, unique: Any):
         self.metadata = metadata
@@ -486,11 +499,11 @@ def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
     if "_create_unique_filters" in _META_PARAMS:  # SQLAlchemy 2.1
         metadata = SimpleResultMetaData(labels, extra, _create_unique_filters=lambda r: filters)
     else:  # SQLAlchemy 2.0
-        metadata = SimpleResultMetaData(labels, extra, _unique_filters=filters)
+        metadata = SimpleResultMetaData(labels, extra, _unique_filters=filters)  # type: ignore[call-arg]
     attributes = util_immutabledict({"filtered": filtered, "is_single_entity": scalars})
     return Shape(metadata, attributes, scalars, _require_unique if unique_required else None)
 
 
-def mapper_of(entity: Any) -> Optional[Mapper]:
+def mapper_of(entity: Any) -> Mapper | None:
     insp = sa_inspect(entity, raiseerr=False)
     return getattr(insp, "mapper", None)

@@ -15,7 +15,8 @@ import os
 import threading
 import types
 from collections import OrderedDict
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
@@ -36,8 +37,16 @@ ANY_TABLE = "@any"
 class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
-    __slots__ = ("digest", "compiled", "tables", "shape", "derived", "templates", "names",
-                 "__weakref__")  # fmt: skip
+    __slots__ = (
+        "__weakref__",
+        "compiled",
+        "derived",
+        "digest",
+        "names",
+        "shape",
+        "tables",
+        "templates",
+    )  # fmt: skip
 
     def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
         self.digest = digest
@@ -46,7 +55,7 @@ class Plan:
         self.shape: Any = None  # result shape, learned from the first real result
         self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
         #: per-object loader state learned from a real load (see hydrate.dehydrate)
-        self.templates: Optional[dict[Any, Any]] = None
+        self.templates: dict[Any, Any] | None = None
         #: per region: the version names a lookup reads (tables + pseudo-tables)
         self.names: dict[str, tuple[str, ...]] = {}
 
@@ -59,7 +68,7 @@ class PlanMemo:
         self._data: OrderedDict[Any, Plan] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Optional[Plan]:
+    def get(self, key: Any) -> Plan | None:
         plan = self._data.get(key)
         if plan is not None:
             try:
@@ -118,8 +127,10 @@ def _stable(obj: Any, out: list[str]) -> None:
         out.append(")")
     elif t is types.CodeType:  # a lambda's code (lambda_stmt, with_loader_criteria)
         # the file's base name: servers may install the same code in other places
-        out.append(f"K{os.path.basename(obj.co_filename)}:{obj.co_firstlineno}:{obj.co_name}:"
-                   f"{hashlib.blake2b(obj.co_code, digest_size=8).hexdigest()}")
+        out.append(
+            f"K{os.path.basename(obj.co_filename)}:{obj.co_firstlineno}:{obj.co_name}:"
+            f"{hashlib.blake2b(obj.co_code, digest_size=8).hexdigest()}"
+        )
         _stable(tuple(c for c in obj.co_consts if not isinstance(c, types.CodeType)), out)
     elif isinstance(obj, type):
         out.append("C" + _qualname(obj))
@@ -159,7 +170,7 @@ def _compile_options(value: Any, out: list[str]) -> None:
     """
     from sqlalchemy.orm import context as orm_context
 
-    state_cls = getattr(orm_context, "_ORMCompileState", None) or orm_context.ORMCompileState
+    state_cls = getattr(orm_context, "_ORMCompileState", None) or orm_context.ORMCompileState  # type: ignore[attr-defined]
     defaults = state_cls.default_compile_options
     found: dict[str, Any] = {}
     _option_pairs(value, found)
@@ -219,7 +230,7 @@ _NEUTRAL_OPTIONS = frozenset({
 })  # fmt: skip
 
 
-def user_options(execution_options: Any) -> Optional[list[Any]]:
+def user_options(execution_options: Any) -> list[Any] | None:
     """Execution options a ``do_orm_execute`` hook of the user's may read to change a query.
 
     SQLAlchemy's own options start with an underscore or are known to be
@@ -231,7 +242,12 @@ def user_options(execution_options: Any) -> Optional[list[Any]]:
 
 
 def entry_key(
-    namespace: str, region: str, plan: Plan, bindparams: Any, params: Any, stmt_params: Any = None,
+    namespace: str,
+    region: str,
+    plan: Plan,
+    bindparams: Any,
+    params: Any,
+    stmt_params: Any = None,
     options: Any = None,
 ) -> str:
     """The cache key of one execution: the plan's digest plus its parameter values.

@@ -17,8 +17,9 @@ the tables are bumped in the shared version store once the run committed.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import event
 
@@ -28,13 +29,15 @@ from .versions import make_version_store
 
 def migration_location() -> str:
     """The ``versions`` folder of the ``querycache`` branch, for ``version_locations``."""
-    from . import migrations  # the top-level migrations/ folder, installed as a subpackage
+    from . import migrations  # type: ignore[attr-defined]  # top-level migrations/, installed here
 
     return os.path.join(os.path.dirname(migrations.__file__), "versions")
 
 
 @contextmanager
-def invalidating(connection: Any, versions: Any = None, namespace: str = "qc") -> Iterator[set[str]]:
+def invalidating(
+    connection: Any, versions: Any = None, namespace: str = "qc"
+) -> Iterator[set[str]]:
     """Record the tables written on ``connection``; bump them in ``versions`` at exit.
 
     ``versions`` is what ``QueryCache(versions=...)`` takes (a Redis URL or

@@ -8,8 +8,6 @@ statement (``select(...).options(FromCache("hot"))``) and with legacy
 
 from __future__ import annotations
 
-from typing import Optional
-
 from sqlalchemy.orm.interfaces import UserDefinedOption
 
 from .exc import ConfigurationError
@@ -31,7 +29,7 @@ class FromCache(UserDefinedOption):
 
     propagate_to_loaders = False
 
-    def __init__(self, region: str = "default", *, expiration_time: Optional[float] = None):
+    def __init__(self, region: str = "default", *, expiration_time: float | None = None):
         if not isinstance(region, str) or not region:
             raise ConfigurationError(f"FromCache region must be a non-empty str, got {region!r}")
         if expiration_time is not None and (
@@ -45,7 +43,6 @@ class FromCache(UserDefinedOption):
         self.region = region
         self.expiration_time = expiration_time
         super().__init__(payload=(region, expiration_time))
-
 
     def __repr__(self) -> str:
         ttl = "" if self.expiration_time is None else f", expiration_time={self.expiration_time}"
@@ -64,7 +61,6 @@ class NoCache(UserDefinedOption):
 
     def __init__(self) -> None:
         super().__init__(payload=None)
-
 
     def __repr__(self) -> str:
         return "NoCache()"

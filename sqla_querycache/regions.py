@@ -10,7 +10,7 @@ also gets a TTL so expired entries leave the server.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any
 
 from dogpile.cache import CacheRegion, make_region
 from dogpile.cache.api import NO_VALUE
@@ -33,7 +33,7 @@ def _safe_region(config: dict[str, Any]) -> CacheRegion:
 class RegionStore:
     """One named region: where entries of that name live."""
 
-    __slots__ = ("name", "region", "backend", "expiration_time", "redis", "kind", "combined")
+    __slots__ = ("backend", "combined", "expiration_time", "kind", "name", "redis", "region")
 
     def __init__(self, name: str, region: Any):
         if isinstance(region, dict):
@@ -49,20 +49,20 @@ class RegionStore:
         self.region = region
         self.backend = region.backend
         exp = region.expiration_time
-        self.expiration_time: Optional[float] = exp if exp and exp > 0 else None
+        self.expiration_time: float | None = exp if exp and exp > 0 else None
         #: the backend's Redis client, when it has one (fast paths use it)
         self.redis = getattr(self.backend, "writer_client", None)
         self.kind = type(self.backend).__name__
         #: whether entries and versions can be read in one round trip (decided lazily)
-        self.combined: Optional[bool] = None
+        self.combined: bool | None = None
 
-    def get(self, key: str) -> Optional[bytes]:
+    def get(self, key: str) -> bytes | None:
         value = self.backend.get_serialized(key)
         if value is NO_VALUE or value is None:
             return None
         return value
 
-    def set(self, key: str, value: bytes, ttl: Optional[float]) -> None:
+    def set(self, key: str, value: bytes, ttl: float | None) -> None:
         if self.redis is not None and ttl:
             self.redis.set(key, value, px=int(ttl * 1000) + 1000)
         else:

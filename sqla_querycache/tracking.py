@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import weakref
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import visitors
@@ -63,12 +64,12 @@ def _ddl_tables(stmt: ExecutableDDLElement) -> set[str]:
 
 #: compiled statement -> the tables it writes (SQLAlchemy caches compiled
 #: statements, so most executions are a dictionary lookup here)
-_compiled_writes: "weakref.WeakKeyDictionary[Any, Optional[frozenset[str]]]" = (
+_compiled_writes: weakref.WeakKeyDictionary[Any, frozenset[str] | None] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def written_by(context: Any, statement: str) -> Optional[frozenset[str]]:
+def written_by(context: Any, statement: str) -> frozenset[str] | None:
     """Tables one cursor execution writes; ``None`` when it writes nothing."""
     compiled = getattr(context, "compiled", None)
     if compiled is None:
@@ -83,7 +84,7 @@ def written_by(context: Any, statement: str) -> Optional[frozenset[str]]:
     return found
 
 
-def _classify(context: Any, compiled: Any, statement: str) -> Optional[frozenset[str]]:
+def _classify(context: Any, compiled: Any, statement: str) -> frozenset[str] | None:
     element = getattr(compiled, "statement", None)
     if element is None or isinstance(element, TextClause):
         return parse_sql_writes(statement)
@@ -111,14 +112,43 @@ _WRITE_WORDS = re.compile(
 )
 _NAME = r"((?:[`\"\[]?[\w$]+[`\"\]]?\s*\.\s*)?[`\"\[]?[\w$]+[`\"\]]?)"
 _TARGETS = [
-    re.compile(r"^\s*insert\s+(?:or\s+\w+\s+|ignore\s+|low_priority\s+|delayed\s+|high_priority\s+)*into\s+" + _NAME + r"(?=[\s(]|$)", re.I),
-    re.compile(r"^\s*replace\s+(?:low_priority\s+|delayed\s+)*into\s+" + _NAME + r"(?=[\s(]|$)", re.I),
-    re.compile(r"^\s*update\s+(?:or\s+\w+\s+|only\s+|low_priority\s+|ignore\s+)*" + _NAME + r"\s+(?:as\s+\w+\s+|\w+\s+)?set\b", re.I),
-    re.compile(r"^\s*delete\s+(?:low_priority\s+|quick\s+|ignore\s+)*from\s+(?:only\s+)?" + _NAME + r"(?:\s+(?:as\s+)?\w+)?\s*(?:where\b|returning\b|;|$)", re.I),
-    re.compile(r"^\s*truncate\s+(?:table\s+)?(?:only\s+)?" + _NAME + r"\s*(?:restart\s+identity\s*|continue\s+identity\s*|cascade\s*|restrict\s*)*;?\s*$", re.I),
+    re.compile(
+        r"^\s*insert\s+(?:or\s+\w+\s+|ignore\s+|low_priority\s+|delayed\s+|high_priority\s+)*"
+        r"into\s+" + _NAME + r"(?=[\s(]|$)",
+        re.I,
+    ),
+    re.compile(
+        r"^\s*replace\s+(?:low_priority\s+|delayed\s+)*into\s+" + _NAME + r"(?=[\s(]|$)", re.I
+    ),
+    re.compile(
+        r"^\s*update\s+(?:or\s+\w+\s+|only\s+|low_priority\s+|ignore\s+)*"
+        + _NAME
+        + r"\s+(?:as\s+\w+\s+|\w+\s+)?set\b",
+        re.I,
+    ),
+    re.compile(
+        r"^\s*delete\s+(?:low_priority\s+|quick\s+|ignore\s+)*from\s+(?:only\s+)?"
+        + _NAME
+        + r"(?:\s+(?:as\s+)?\w+)?\s*(?:where\b|returning\b|;|$)",
+        re.I,
+    ),
+    re.compile(
+        r"^\s*truncate\s+(?:table\s+)?(?:only\s+)?"
+        + _NAME
+        + r"\s*(?:restart\s+identity\s*|continue\s+identity\s*|cascade\s*|restrict\s*)*;?\s*$",
+        re.I,
+    ),
     re.compile(r"^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?" + _NAME, re.I),
-    re.compile(r"^\s*drop\s+table\s+(?:if\s+exists\s+)?" + _NAME + r"\s*(?:cascade|restrict)?\s*;?\s*$", re.I),
-    re.compile(r"^\s*create\s+(?:temporary\s+|temp\s+)?table\s+(?:if\s+not\s+exists\s+)?" + _NAME + r"\s*\(", re.I),
+    re.compile(
+        r"^\s*drop\s+table\s+(?:if\s+exists\s+)?" + _NAME + r"\s*(?:cascade|restrict)?\s*;?\s*$",
+        re.I,
+    ),
+    re.compile(
+        r"^\s*create\s+(?:temporary\s+|temp\s+)?table\s+(?:if\s+not\s+exists\s+)?"
+        + _NAME
+        + r"\s*\(",
+        re.I,
+    ),
     re.compile(r"^\s*(?:create|drop)\s+(?:unique\s+)?index\b.*?\bon\s+" + _NAME, re.I | re.S),
 ]
 
@@ -127,7 +157,7 @@ def _clean_name(raw: str) -> str:
     return re.sub(r"[`\"\[\]\s]", "", raw).lower()
 
 
-def parse_sql_writes(sql: str) -> Optional[frozenset[str]]:
+def parse_sql_writes(sql: str) -> frozenset[str] | None:
     """Tables a raw SQL string writes: ``None`` if it only reads, ``{"@all"}`` if unsure."""
     body = _STRINGS.sub(" ", sql)
     statements = [s for s in body.split(";") if s.strip()]
@@ -198,7 +228,7 @@ def cascaded(tables: Iterable[str], metadata_tables: Iterable[Table]) -> set[str
 class ConnTracker:
     """Write state of one DBAPI connection's current transaction."""
 
-    __slots__ = ("written", "committing")
+    __slots__ = ("committing", "written")
 
     def __init__(self) -> None:
         self.written: set[str] = set()

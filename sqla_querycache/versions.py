@@ -16,7 +16,8 @@ import threading
 import time
 import weakref
 from collections import Counter
-from typing import Any, Optional, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 
 def fresh_version() -> int:
@@ -32,7 +33,7 @@ class VersionStore(Protocol):
     #: True when ``read`` needs the bind of the query (versions in that database)
     needs_bind: bool
 
-    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
         """Current versions of ``names``; ``None`` if any is being written."""
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
@@ -59,7 +60,7 @@ class LocalVersions:
         self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
 
-    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
         versions = self._versions
         in_flight = self._in_flight
         out = []
@@ -100,7 +101,8 @@ class LocalVersions:
         """Nothing to release."""
 
     def __repr__(self) -> str:
-        return f"<LocalVersions tables={len(self._versions)} in_flight={sum(self._in_flight.values())}>"
+        in_flight = sum(self._in_flight.values())
+        return f"<LocalVersions tables={len(self._versions)} in_flight={in_flight}>"
 
 
 class Unavailable(Exception):
@@ -217,6 +219,7 @@ class RedisVersions:
             raise ConfigurationError(f"not a redis client: {client!r}")
         global NoScriptError
         from redis.exceptions import NoScriptError
+
         if lease <= 0 or in_flight_ttl <= 0:
             raise ConfigurationError("lease and in_flight_ttl must be positive")
         self.client = client
@@ -233,11 +236,11 @@ class RedisVersions:
         self._bump = client.register_script(_BUMP_LUA)
         self._ends: list[str] = []  # post-commit halves not delivered yet
         self._ends_lock = threading.Lock()
-        self._flush_timer: Optional[threading.Timer] = None
+        self._flush_timer: threading.Timer | None = None
         self.end_delay = 0.02
         self._circuit = _Circuit(cooldown)
         self._stop = threading.Event()
-        self._heartbeat: Optional[threading.Thread] = None
+        self._heartbeat: threading.Thread | None = None
         if heartbeat:
             self._heartbeat = threading.Thread(
                 target=self._beat, name="sqla_querycache-heartbeat", daemon=True
@@ -267,19 +270,19 @@ class RedisVersions:
         return keys, args
 
     @staticmethod
-    def parse(raw: Any) -> Optional[list[int]]:
+    def parse(raw: Any) -> list[int] | None:
         if not raw:
             return None
         return [int(v) for v in raw]
 
-    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
         return self._lookup(self.client, None, names)[1]
 
     def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
         """The entry and the versions in one round trip (a pipeline on one server)."""
         return self._lookup(entry_client, key, names)
 
-    def _lookup(self, client: Any, key: Optional[str], names: Sequence[str]) -> tuple[Any, Any]:
+    def _lookup(self, client: Any, key: str | None, names: Sequence[str]) -> tuple[Any, Any]:
         """One pipeline: this process's undelivered post-commit halves, the entry, the versions.
 
         Delivering the halves first means a process reads its own commits'
@@ -308,7 +311,7 @@ class RedisVersions:
         self._circuit.ok()
         return (out[-2] if key is not None else None), self.parse(out[-1])
 
-    def _pipelined(self, client: Any, key: Optional[str], keys: list[str], args: list[Any],
+    def _pipelined(self, client: Any, key: str | None, keys: list[str], args: list[Any],
                    ends: list[str]) -> Any:  # fmt: skip
         # EVALSHA directly: a Script object in a pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute()
@@ -396,7 +399,8 @@ class RedisVersions:
 
     def __repr__(self) -> str:
         kw = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
-        return f"<RedisVersions {kw.get('host')}:{kw.get('port')}/{kw.get('db')} lease={self.lease:g}s>"
+        where = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db')}" if kw else "cluster"
+        return f"<RedisVersions {where} lease={self.lease:g}s>"
 
 
 #: the table of the "sql" version store (created by the alembic branch in migrations/)
@@ -427,12 +431,12 @@ class SqlVersions:
             Column("name", String(255), primary_key=True),
             Column("version", BigInteger, nullable=False),
         )
-        self._engines: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._engines: weakref.WeakSet[Any] = weakref.WeakSet()
         self._sql: dict[Any, str] = {}
 
     # -- reads, on a separate autocommit connection
 
-    def read(self, names: Sequence[str], bind: Any = None) -> Optional[list[int]]:
+    def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
         from sqlalchemy import select
 
         engine = bind.engine
@@ -441,14 +445,18 @@ class SqlVersions:
         with engine.connect().execution_options(
             isolation_level="AUTOCOMMIT", _qc_internal=True
         ) as conn:
-            found = dict(conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(names))).all())
+            found = dict(
+                conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(names))).all()
+            )
             missing = [n for n in names if n not in found]
             if missing:
-                conn.execute(self._insert_missing(engine.dialect), [
-                    {"name": n, "version": fresh_version()} for n in missing
-                ])
-                found.update(conn.execute(
-                    select(t.c.name, t.c.version).where(t.c.name.in_(missing))).all())
+                conn.execute(
+                    self._insert_missing(engine.dialect),
+                    [{"name": n, "version": fresh_version()} for n in missing],
+                )
+                found.update(
+                    conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(missing))).all()
+                )
         return [found[n] for n in names]
 
     def _insert_missing(self, dialect: Any) -> Any:
@@ -481,12 +489,12 @@ class SqlVersions:
             from sqlalchemy.dialects.postgresql import insert
 
             ins = insert(t).values(rows)
-            stmt = ins.on_conflict_do_update(index_elements=["name"],
+            stmt: Any = ins.on_conflict_do_update(index_elements=["name"],
                                              set_={"version": plus_one})  # fmt: skip
         elif dialect.name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            ins = sqlite_insert(t).values(rows)
+            ins = sqlite_insert(t).values(rows)  # type: ignore[assignment]
             stmt = ins.on_conflict_do_update(index_elements=["name"],
                                              set_={"version": plus_one})  # fmt: skip
         elif dialect.name in ("mysql", "mariadb"):
@@ -554,4 +562,3 @@ def make_version_store(spec: Any, namespace: str) -> VersionStore:
         f"versions must be 'local', 'sql', a redis:// URL, a Redis client or a VersionStore; "
         f"got {spec!r}"
     )
-

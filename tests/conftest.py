@@ -14,7 +14,8 @@ A database without a URL is skipped with one summary line; with
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from dogpile.cache import make_region

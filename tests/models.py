@@ -6,11 +6,20 @@ import datetime as dt
 import decimal
 import enum
 import uuid
-from typing import Optional
 
 from sqlalchemy import (
-    JSON, Column, Date, DateTime, ForeignKey, Integer, Numeric, String, Table, Text,
-    Uuid, func, select,
+    JSON,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Numeric,
+    String,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
 )  # fmt: skip
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column, relationship
@@ -49,8 +58,8 @@ class Product(Base):
     category_id: Mapped[int] = mapped_column(ForeignKey("category.id"))
     created: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     sku: Mapped[uuid.UUID] = mapped_column(Uuid)
-    attrs: Mapped[Optional[dict]] = mapped_column(JSON, nullable=True)
-    description: Mapped[Optional[str]] = mapped_column(Text, nullable=True, deferred=True)
+    attrs: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
     category: Mapped[Category] = relationship(back_populates="products")
     tags: Mapped[list[Tag]] = relationship(secondary=product_tag, order_by=Tag.id)
 

@@ -109,7 +109,7 @@ def cluster_cache(cluster_url, sqlite_engine):
 
 
 def test_hits_and_invalidation_on_a_cluster(sqlite_engine, cluster_cache):
-    cache, maker, client = cluster_cache
+    _cache, maker, client = cluster_cache
     counter = StatementCounter(sqlite_engine)
     pages = [select(Product).where(Product.category_id == c).order_by(Product.id)
              .options(FromCache()) for c in (1, 2, 3, 4)]  # fmt: skip
@@ -145,5 +145,5 @@ def test_hits_and_invalidation_on_a_cluster(sqlite_engine, cluster_cache):
     assert len(owners) >= 2  # entries spread over the nodes
 
 
-def RedisCluster_all(client):  # noqa: N802 - reads like the redis-py constant it wraps
+def RedisCluster_all(client):
     return client.ALL_NODES

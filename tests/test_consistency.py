@@ -8,7 +8,6 @@ that starts after the writer's commit returned must see the write (I1).
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 
 import pytest

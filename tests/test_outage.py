@@ -155,7 +155,7 @@ def test_hung_redis_reads_fall_back_and_no_stale_read_after(engine, server, two_
 
 
 def test_redis_killed_and_restarted_empty(engine, server, two_processes):
-    (writer, wmaker), (other, omaker) = two_processes
+    (_writer, wmaker), (other, omaker) = two_processes
     page(wmaker), page(omaker), page(omaker)
     server.kill()
     assert "Product 05" in page(wmaker)

@@ -90,7 +90,7 @@ def version_of(engine, name):
 
 
 def test_writes_invalidate_through_the_database(migrated, sql_cache):
-    cache, maker = sql_cache
+    _cache, maker = sql_cache
     counter = StatementCounter(migrated)
     try:
         with maker() as s:
@@ -111,7 +111,7 @@ def test_writes_invalidate_through_the_database(migrated, sql_cache):
 
 
 def test_bump_commits_with_the_data_not_before(migrated, sql_cache):
-    cache, maker = sql_cache
+    _cache, maker = sql_cache
     with maker() as s:
         s.scalars(PAGE).all()
     before = version_of(migrated, "product")
