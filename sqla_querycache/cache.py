@@ -586,7 +586,10 @@ class QueryCache:
         try:
             region.set(key, blob, ttl)
             self._stats.incr(region.name, "stores")
-            self._memo.put((region.name, key), _Entry(created, versions, flags, blob))
+            # the payload we just built holds the live objects' values: keep it
+            # decoded only if none of them can change in place
+            kept = None if _has_mutable(payload) else payload
+            self._memo.put((region.name, key), _Entry(created, versions, flags, blob, kept))
         except Exception as err:
             self._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
                             region.name, err)  # fmt: skip

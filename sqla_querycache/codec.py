@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import struct
 import threading
 import uuid as _uuid
 import zoneinfo
@@ -20,7 +21,7 @@ from typing import Any
 import msgpack
 
 #: bump when the entry layout changes; old entries then decode as misses
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT, _ENUM = range(1, 10)
 
@@ -82,25 +83,64 @@ def _tz_in(raw: Any) -> _dt.tzinfo | None:
     return _dt.timezone(offset, raw[2]) if len(raw) > 2 else _dt.timezone(offset)
 
 
+# fixed-size binary layouts: dates and times are the most common tagged values,
+# so they avoid a nested msgpack document (and its Python round trip) each
+_DATETIME_S = struct.Struct(">hBBBBBIB")  # year, month, day, h, m, s, us, fold
+_DATE_S = struct.Struct(">hBB")
+_TIME_S = struct.Struct(">BBBIB")  # h, m, s, us, fold
+_DELTA_S = struct.Struct(">iiI")  # days, seconds, microseconds
+_OFFSET_S = struct.Struct(">iI")  # seconds, microseconds
+
+
+def _tz_bytes(tz: _dt.tzinfo | None, ref: Any) -> bytes:
+    """b"" naive, 0 UTC, 1 fixed offset (+ name), 2 zone key."""
+    raw = _tz_out(tz, ref)
+    if raw is None:
+        return b""
+    if raw == 0:
+        return b"\x00"
+    if isinstance(raw, str):
+        return b"\x02" + raw.encode()
+    out = b"\x01" + _OFFSET_S.pack(raw[0], raw[1])
+    return out + raw[2].encode() if len(raw) > 2 else out
+
+
+def _tz_from(data: bytes) -> _dt.tzinfo | None:
+    if not data:
+        return None
+    kind = data[0]
+    if kind == 0:
+        return _dt.timezone.utc
+    if kind == 2:
+        return _tz_in(data[1:].decode())
+    if kind == 1:
+        seconds, micros = _OFFSET_S.unpack_from(data, 1)
+        name = data[1 + _OFFSET_S.size :]
+        return _tz_in([seconds, micros, name.decode()] if name else [seconds, micros])
+    raise CorruptEntry(f"unknown tzinfo tag {kind}")
+
+
+#: drivers whose own uuid.UUID subclass is encoded as a UUID (a hit returns uuid.UUID:
+#: equal, same hash and str; only type() differs)
+_UUID_MODULES = frozenset({"asyncpg.pgproto.pgproto"})
+
+
 def _default(obj: Any) -> msgpack.ExtType:
     t = type(obj)
     if t is Decimal:
         return msgpack.ExtType(_DECIMAL, str(obj).encode())
     if t is _dt.datetime:
-        payload = [
-            obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
-            obj.microsecond, obj.fold, _tz_out(obj.tzinfo, obj),
-        ]  # fmt: skip
-        return msgpack.ExtType(_DATETIME, _packb(payload))
+        head = _DATETIME_S.pack(obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
+                                obj.microsecond, obj.fold)  # fmt: skip
+        return msgpack.ExtType(_DATETIME, head + _tz_bytes(obj.tzinfo, obj))
     if t is _dt.date:
-        return msgpack.ExtType(_DATE, _packb([obj.year, obj.month, obj.day]))
+        return msgpack.ExtType(_DATE, _DATE_S.pack(obj.year, obj.month, obj.day))
     if t is _dt.time:
-        payload = [obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold,
-                   _tz_out(obj.tzinfo, None)]  # fmt: skip
-        return msgpack.ExtType(_TIME, _packb(payload))
+        head = _TIME_S.pack(obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold)
+        return msgpack.ExtType(_TIME, head + _tz_bytes(obj.tzinfo, None))
     if t is _dt.timedelta:
-        return msgpack.ExtType(_TIMEDELTA, _packb([obj.days, obj.seconds, obj.microseconds]))
-    if t is _uuid.UUID:
+        return msgpack.ExtType(_TIMEDELTA, _DELTA_S.pack(obj.days, obj.seconds, obj.microseconds))
+    if t is _uuid.UUID or (isinstance(obj, _uuid.UUID) and t.__module__ in _UUID_MODULES):
         return msgpack.ExtType(_UUID, obj.bytes)
     if t is tuple:
         level = getattr(_depth, "level", 0)
@@ -141,16 +181,16 @@ def _decode_ext(code: int, data: bytes) -> Any:
     if code == _DECIMAL:
         return Decimal(data.decode())
     if code == _DATETIME:
-        y, mo, d, h, mi, s, us, fold, tz = unpackb(data)
-        return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+        y, mo, d, h, mi, s, us, fold = _DATETIME_S.unpack_from(data)
+        tz = _tz_from(data[_DATETIME_S.size :])
+        return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=tz, fold=fold)
     if code == _DATE:
-        return _dt.date(*unpackb(data))
+        return _dt.date(*_DATE_S.unpack(data))
     if code == _TIME:
-        h, mi, s, us, fold, tz = unpackb(data)
-        return _dt.time(h, mi, s, us, tzinfo=_tz_in(tz), fold=fold)
+        h, mi, s, us, fold = _TIME_S.unpack_from(data)
+        return _dt.time(h, mi, s, us, tzinfo=_tz_from(data[_TIME_S.size :]), fold=fold)
     if code == _TIMEDELTA:
-        days, seconds, micros = unpackb(data)
-        return _dt.timedelta(days, seconds, micros)
+        return _dt.timedelta(*_DELTA_S.unpack(data))
     if code == _UUID:
         return _uuid.UUID(bytes=data)
     if code == _TUPLE:

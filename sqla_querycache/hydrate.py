@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,10 +183,22 @@ class NeedsLocalLoad(Exception):
     """The entry's objects need loader state only a load in this process can give."""
 
 
+#: mapper -> (class key, column attribute keys, relationship keys)
+_mapper_keys: weakref.WeakKeyDictionary[Mapper, tuple[str, tuple[str, ...], tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
-    cols = [p.key for p in mapper.column_attrs if p.key in dict_]
-    rels = [r.key for r in mapper.relationships if r.key in dict_]
-    return class_key(mapper), cols, rels
+    known = _mapper_keys.get(mapper)
+    if known is None:
+        known = _mapper_keys[mapper] = (
+            class_key(mapper),
+            tuple(p.key for p in mapper.column_attrs),
+            tuple(r.key for r in mapper.relationships),
+        )
+    name, col_keys, rel_keys = known
+    return name, [k for k in col_keys if k in dict_], [k for k in rel_keys if k in dict_]
 
 
 def dehydrate(

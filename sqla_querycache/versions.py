@@ -290,7 +290,9 @@ class RedisVersions:
         """
         self._circuit.check()
         keys, args = self.read_args(names)
-        if self._cluster:  # cluster pipelines refuse scripts; all these keys share one slot
+        if self._cluster or (key is None and not self._ends):
+            # one command needs no pipeline (and a cluster pipeline refuses scripts;
+            # all these keys share one slot)
             if self._ends:
                 self._send(())
             return None, self.parse(self._call(self._read, keys, args))

@@ -174,19 +174,6 @@ def aenv(db_kind: str, async_region_kind: str, request: Any, tmp_path_factory: A
 # ------------------------------------------------------------ plain shapes
 
 
-#: a known defect, kept visible: strict, so the fix turns these into failures to un-mark
-ASYNCPG_UUID = (
-    "codec._default() encodes a UUID only if type(v) is uuid.UUID; asyncpg returns "
-    "asyncpg.pgproto.pgproto.UUID (a uuid.UUID subclass), so on asyncpg every result "
-    "with a Uuid column (Product.sku) is 'not_stored' and never a hit"
-)
-
-
-def uuid_bug_expected(request: Any, aenv: AsyncEnv) -> None:
-    if aenv.kind == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNCPG_UUID))
-
-
 def customer_graph(customers: Any) -> list[Any]:
     return [
         (c.id, c.name, c.email,
@@ -261,7 +248,6 @@ def test_second_execution_is_a_hit_with_zero_sql(aenv: AsyncEnv) -> None:
 
 
 def test_asyncpg_uuid_values_are_cached(aenv: AsyncEnv, request: Any) -> None:
-    uuid_bug_expected(request, aenv)
     stmt = select(Product).where(Product.id <= 3).order_by(Product.id).options(FromCache())
 
     async def body(engine: AsyncEngine, sql: StatementCounter) -> None:
@@ -283,9 +269,6 @@ def test_asyncpg_uuid_values_are_cached(aenv: AsyncEnv, request: Any) -> None:
     "entity_and_column",
 ])  # fmt: skip
 def test_cached_result_equals_uncached(aenv: AsyncEnv, name: str, request: Any) -> None:
-    if name in ("products_joined_and_selectin", "columns_with_uuid", "entity_and_column"):
-        uuid_bug_expected(request, aenv)
-
     async def run_once(stmt: Any) -> Any:
         async with aenv.maker() as s:
             result = await s.execute(stmt)
@@ -358,9 +341,8 @@ async def _write(how: str, aenv: AsyncEnv, engine: AsyncEngine) -> str:
             await s.commit()
     elif how == "core_connection":
         async with engine.begin() as conn:
-            await conn.execute(
-                update(Customer.__table__).where(Customer.__table__.c.id == 3).values(name=new)
-            )
+            customer = models.Base.metadata.tables["customer"]
+            await conn.execute(update(customer).where(customer.c.id == 3).values(name=new))
     elif how == "orm_insert":
         async with aenv.maker() as s:
             s.add(Customer(id=99, name=new, email="new@example.com"))
@@ -634,6 +616,7 @@ def test_install_on_a_scoped_async_target(target: str, tmp_path_factory: Any) ->
         engine = create_async_engine(url)
         sql = StatementCounter(engine.sync_engine)
         try:
+
             async def run(factory: Any) -> int:
                 mark = sql.count
                 async with factory(bind=engine) as s:
