@@ -608,9 +608,16 @@ class QueryCache:
         ct = self._conn_tracker(conn.info)
         if autocommit:  # the statement commits itself; settled after it ran
             ct.committing.append(self._begin_commit([*names, keys.ANY_TABLE]))
-        else:
-            ct.written |= names
-            ct.written.add(keys.ANY_TABLE)
+            return
+        ct.written |= names
+        ct.written.add(keys.ANY_TABLE)
+        begin_async = getattr(self.versions, "begin_async", None)
+        if begin_async is not None:
+            new = ct.written - ct.marked
+            if new:  # mark now: the round trip overlaps the transaction's own statements
+                ordered = tuple(sorted(new))
+                ct.marked |= new
+                ct.marks.append((begin_async(ordered), ordered, time.monotonic()))
 
     def _begin_commit(self, names: list[str], conn: Any = None) -> tuple[tuple[str, ...], bool]:
         """Before the database commit: bump and mark in flight. (names, marked?)
@@ -656,9 +663,31 @@ class QueryCache:
 
     def _on_commit(self, conn: Any) -> None:
         ct = conn.info.get(self._info_key)
-        if ct is not None and ct.written:
-            ct.committing.append(self._begin_commit(list(ct.written), conn))
-            ct.written = set()
+        if ct is None or not ct.written:
+            return
+        confirmed = self._collect_marks(ct) if ct.marks else set()
+        rest = ct.written - confirmed
+        if rest:  # not marked ahead, or the mark did not land (in time)
+            ct.committing.append(self._begin_commit(list(rest), conn))
+        ct.written = set()
+
+    def _collect_marks(self, ct: tracking.ConnTracker) -> set[str]:
+        """Await the marks sent ahead; return the tables safely marked now.
+
+        A mark that landed is ended after the commit in any case (the counter
+        must come back down); one older than half its TTL is marked again.
+        """
+        confirmed: set[str] = set()
+        store: Any = self.versions
+        fresh_until = time.monotonic() - store.in_flight_ttl / 2
+        for ticket, names, sent in ct.marks:
+            if store.wait(ticket):
+                ct.committing.append((names, True))
+                if sent > fresh_until:
+                    confirmed.update(names)
+        ct.marks = []
+        ct.marked = set()
+        return confirmed
 
     def _settle(self, info: dict[str, Any] | None) -> None:
         """After a commit returned (or at the next sign of it): the post-commit bump."""
@@ -673,6 +702,13 @@ class QueryCache:
     def _on_rollback(self, info: dict[str, Any]) -> None:
         ct = info.get(self._info_key)
         if ct is not None:
+            if ct.marks:  # marks that landed must come back down (their bump stays)
+                store: Any = self.versions
+                for ticket, names, _ in ct.marks:
+                    if store.wait(ticket):
+                        self._end_write(names)
+                ct.marks = []
+                ct.marked = set()
             ct.written = set()
 
 

@@ -228,10 +228,14 @@ def cascaded(tables: Iterable[str], metadata_tables: Iterable[Table]) -> set[str
 class ConnTracker:
     """Write state of one DBAPI connection's current transaction."""
 
-    __slots__ = ("committing", "written")
+    __slots__ = ("committing", "marked", "marks", "written")
 
     def __init__(self) -> None:
         self.written: set[str] = set()
+        #: begin_write scripts sent ahead when a table was first written:
+        #: (ticket, names, monotonic time sent); their replies are awaited at commit
+        self.marks: list[tuple[Any, tuple[str, ...], float]] = []
+        self.marked: set[str] = set()
         #: tables whose commit began (versions bumped, marked in flight)
         #: and whose post-commit bump has not run yet
         self.committing: list[tuple[tuple[str, ...], bool]] = []

@@ -11,6 +11,7 @@ can never make an old entry match again (I4).
 
 from __future__ import annotations
 
+import collections
 import secrets
 import threading
 import time
@@ -178,6 +179,18 @@ return #KEYS
 NoScriptError: Any = Exception  # redis.exceptions.NoScriptError, bound on first use
 
 
+class _Ticket:
+    """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
+
+    __slots__ = ("conn", "done", "ends", "error")
+
+    def __init__(self, ends: list[str]):
+        self.done = False
+        self.error: BaseException | None = None
+        self.ends = ends
+        self.conn: Any = None  # the connection whose reply it is
+
+
 class RedisVersions:
     """Versions in Redis, shared by every process; one round trip per lookup.
 
@@ -235,6 +248,7 @@ class RedisVersions:
         self._write = client.register_script(_WRITE_LUA)
         self._bump = client.register_script(_BUMP_LUA)
         self._ends: list[str] = []  # post-commit halves not delivered yet
+        self._local = threading.local()  # each thread's connection for writes
         self._ends_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
         self.end_delay = 0.02
@@ -337,16 +351,97 @@ class RedisVersions:
         return all(a.get(f) == b.get(f) for f in fields)
 
     def _send(self, begin: Sequence[str]) -> None:
+        if self._cluster:
+            with self._ends_lock:
+                ends, self._ends = self._ends, []
+            keys = [*self._vkeys(begin), *self._wkeys(begin)]
+            keys += [*self._vkeys(ends), *self._wkeys(ends)]
+            ttl = int(self.in_flight_ttl * 1000)
+            try:
+                self._call(self._write, keys, [ttl, len(begin), len(ends)])
+            except Exception:
+                with self._ends_lock:
+                    self._ends[:0] = ends
+                raise
+            return
+        ticket = self.begin_async(begin)
+        if not self.wait(ticket):
+            raise Unavailable(f"version store write failed: {ticket.error!r}")
+
+    # -- the write script on a connection each thread keeps, replies read later
+
+    def begin_async(self, names: Sequence[str]) -> _Ticket:
+        """Send ``begin_write(names)`` now, read its reply later with :meth:`wait`.
+
+        A writer sends it when it first writes a table, so the round trip
+        overlaps its own statements and only its reply is awaited before the
+        commit. Replies on one thread's connection arrive in order. (A pooled
+        call would also cost a checkout, a parser and a release each time.)
+        """
         with self._ends_lock:
             ends, self._ends = self._ends, []
+        ticket = _Ticket(ends)
+        keys = [*self._vkeys(names), *self._wkeys(names), *self._vkeys(ends), *self._wkeys(ends)]
+        local = self._local
         try:
-            self._call(self._write, [*self._vkeys(begin), *self._wkeys(begin),
-                                     *self._vkeys(ends), *self._wkeys(ends)],
-                       [int(self.in_flight_ttl * 1000), len(begin), len(ends)])  # fmt: skip
-        except Exception:
-            with self._ends_lock:
-                self._ends[:0] = ends  # keep them for the next attempt
-            raise
+            self._circuit.check()
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = self.client.connection_pool.make_connection()
+                local.pending = collections.deque()
+            conn.send_command("EVALSHA", self._write.sha, len(keys), *keys,
+                              int(self.in_flight_ttl * 1000), len(names), len(ends))  # fmt: skip
+            ticket.conn = conn
+            local.pending.append(ticket)
+        except Exception as err:
+            self._fail_connection(err)
+            self._resolve(ticket, err)
+        return ticket
+
+    def wait(self, ticket: _Ticket) -> bool:
+        """Read replies until ``ticket``'s arrived; True if its script ran.
+
+        False also when asked from another thread than the one that sent it
+        (its reply is on that thread's connection): the caller marks again.
+        """
+        local = self._local
+        if not ticket.done and ticket.conn is not getattr(local, "conn", None):
+            return False
+        while not ticket.done:
+            try:
+                reply = local.conn.read_response()
+            except NoScriptError as err:
+                self.client.script_load(_WRITE_LUA)
+                self._resolve(local.pending.popleft(), err)
+                continue
+            except Exception as err:
+                self._fail_connection(err)
+                break
+            self._resolve(local.pending.popleft(), reply)
+        if ticket.done and ticket.error is None:
+            self._circuit.ok()
+            return True
+        return False
+
+    def _resolve(self, ticket: _Ticket, outcome: Any) -> None:
+        ticket.done = True
+        if isinstance(outcome, BaseException):
+            ticket.error = outcome
+            if ticket.ends:  # deliver them with a later write
+                with self._ends_lock:
+                    self._ends[:0] = ticket.ends
+
+    def _fail_connection(self, err: BaseException) -> None:
+        """The thread's connection failed: every reply it owed is lost."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is not None:
+            conn.disconnect()
+        local.conn = None
+        for ticket in getattr(local, "pending", ()):
+            self._resolve(ticket, err)
+        local.pending = collections.deque()
+        self._circuit.failed()
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
         self._send(names)

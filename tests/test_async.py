@@ -397,7 +397,12 @@ def test_uncommitted_write_reads_its_own_and_rollback_keeps_the_entry(aenv: Asyn
             mark = sql.count
             again = [c.name for c in await s.scalars(stmt)]
         assert again == before
-        assert sql.since(mark) == 0, "a rolled-back write must not invalidate"
+        if aenv.region_kind == "redis-versions":
+            # the Redis store marks (and bumps) a table when it is first written, so that
+            # the commit's round trip overlaps the transaction: a rollback costs a miss
+            assert sql.since(mark) == 1, "the rolled-back write's early bump reloads once"
+        else:
+            assert sql.since(mark) == 0, "a rolled-back write must not invalidate"
 
     aenv.run(body)
 
