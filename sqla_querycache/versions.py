@@ -427,9 +427,8 @@ class RedisVersions:
         ticket.done = True
         if isinstance(outcome, BaseException):
             ticket.error = outcome
-            if ticket.ends:  # deliver them with a later write
-                with self._ends_lock:
-                    self._ends[:0] = ticket.ends
+            if ticket.ends:  # deliver them later
+                self._queue_ends(ticket.ends)
 
     def _fail_connection(self, err: BaseException) -> None:
         """The thread's connection failed: every reply it owed is lost."""
@@ -447,11 +446,37 @@ class RedisVersions:
         self._send(names)
 
     def end_write(self, names: Sequence[str]) -> None:
-        """Queue the post-commit half; it rides on the next write or a short timer.
+        """Send the post-commit half now without waiting for its reply.
 
         Until it lands the tables stay marked, so every reader bypasses them:
-        delaying it costs cache hits, never correctness.
+        a late or lost end costs cache hits, never correctness. If it cannot
+        be sent, it is queued and rides on the next lookup or write, or a
+        short timer.
         """
+        if not self._cluster and self._send_end(list(names)):
+            return
+        self._queue_ends(names)
+
+    def _send_end(self, names: list[str]) -> bool:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or self._circuit.down_until:
+            return False
+        ticket = _Ticket(names)  # on failure its names go back to the queue
+        keys = [*self._vkeys(names), *self._wkeys(names)]
+        try:
+            conn.send_command("EVALSHA", self._write.sha, len(keys), *keys,
+                              int(self.in_flight_ttl * 1000), 0, len(names))  # fmt: skip
+        except Exception as err:
+            self._fail_connection(err)
+            return False
+        ticket.conn = conn
+        local.pending.append(ticket)
+        if len(local.pending) > 64:  # replies owed pile up only if this thread never waits
+            self.wait(local.pending[-1])
+        return True
+
+    def _queue_ends(self, names: Sequence[str]) -> None:
         with self._ends_lock:
             self._ends.extend(names)
             if self._flush_timer is None:
