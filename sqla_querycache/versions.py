@@ -182,12 +182,14 @@ NoScriptError: Any = Exception  # redis.exceptions.NoScriptError, bound on first
 class _Ticket:
     """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
 
-    __slots__ = ("conn", "done", "ends", "error")
+    __slots__ = ("conn", "done", "ends", "error", "lua", "reply")
 
-    def __init__(self, ends: list[str]):
+    def __init__(self, ends: list[str], lua: str = ""):
         self.done = False
         self.error: BaseException | None = None
         self.ends = ends
+        self.lua = lua  # the script's source, to load it again after NOSCRIPT
+        self.reply: Any = None
         self.conn: Any = None  # the connection whose reply it is
 
 
@@ -304,12 +306,12 @@ class RedisVersions:
         """
         self._circuit.check()
         keys, args = self.read_args(names)
-        if self._cluster or (key is None and not self._ends):
-            # one command needs no pipeline (and a cluster pipeline refuses scripts;
-            # all these keys share one slot)
+        if self._cluster:  # a cluster pipeline refuses scripts; these keys share one slot
             if self._ends:
                 self._send(())
             return None, self.parse(self._call(self._read, keys, args))
+        if key is None and not self._ends:  # one command: this thread's own connection
+            return None, self.parse(self._read_direct(keys, args))
         with self._ends_lock:
             ends, self._ends = self._ends, []
         try:
@@ -368,7 +370,33 @@ class RedisVersions:
         if not self.wait(ticket):
             raise Unavailable(f"version store write failed: {ticket.error!r}")
 
-    # -- the write script on a connection each thread keeps, replies read later
+    # -- scripts on a connection each thread keeps, replies read in order
+
+    def _read_direct(self, keys: list[str], args: list[Any]) -> Any:
+        for _ in range(2):  # once more after NOSCRIPT
+            ticket = self._send_script(self._read.sha, _READ_LUA, [len(keys), *keys, *args], [])
+            if self.wait(ticket):
+                return ticket.reply
+            if not isinstance(ticket.error, NoScriptError):
+                break
+        raise Unavailable(f"version store read failed: {ticket.error!r}")
+
+    def _send_script(self, sha: str, lua: str, args: list[Any], ends: list[str]) -> _Ticket:
+        ticket = _Ticket(ends, lua)
+        local = self._local
+        try:
+            self._circuit.check()
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = self.client.connection_pool.make_connection()
+                local.pending = collections.deque()
+            conn.send_command("EVALSHA", sha, *args)
+            ticket.conn = conn
+            local.pending.append(ticket)
+        except Exception as err:
+            self._fail_connection(err)
+            self._resolve(ticket, err)
+        return ticket
 
     def begin_async(self, names: Sequence[str]) -> _Ticket:
         """Send ``begin_write(names)`` now, read its reply later with :meth:`wait`.
@@ -380,23 +408,9 @@ class RedisVersions:
         """
         with self._ends_lock:
             ends, self._ends = self._ends, []
-        ticket = _Ticket(ends)
         keys = [*self._vkeys(names), *self._wkeys(names), *self._vkeys(ends), *self._wkeys(ends)]
-        local = self._local
-        try:
-            self._circuit.check()
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = self.client.connection_pool.make_connection()
-                local.pending = collections.deque()
-            conn.send_command("EVALSHA", self._write.sha, len(keys), *keys,
-                              int(self.in_flight_ttl * 1000), len(names), len(ends))  # fmt: skip
-            ticket.conn = conn
-            local.pending.append(ticket)
-        except Exception as err:
-            self._fail_connection(err)
-            self._resolve(ticket, err)
-        return ticket
+        args = [len(keys), *keys, int(self.in_flight_ttl * 1000), len(names), len(ends)]
+        return self._send_script(self._write.sha, _WRITE_LUA, args, ends)
 
     def wait(self, ticket: _Ticket) -> bool:
         """Read replies until ``ticket``'s arrived; True if its script ran.
@@ -411,8 +425,9 @@ class RedisVersions:
             try:
                 reply = local.conn.read_response()
             except NoScriptError as err:
-                self.client.script_load(_WRITE_LUA)
-                self._resolve(local.pending.popleft(), err)
+                failed = local.pending.popleft()
+                self.client.script_load(failed.lua)
+                self._resolve(failed, err)
                 continue
             except Exception as err:
                 self._fail_connection(err)
@@ -425,6 +440,7 @@ class RedisVersions:
 
     def _resolve(self, ticket: _Ticket, outcome: Any) -> None:
         ticket.done = True
+        ticket.reply = outcome
         if isinstance(outcome, BaseException):
             ticket.error = outcome
             if ticket.ends:  # deliver them later
@@ -462,16 +478,12 @@ class RedisVersions:
         conn = getattr(local, "conn", None)
         if conn is None or self._circuit.down_until:
             return False
-        ticket = _Ticket(names)  # on failure its names go back to the queue
         keys = [*self._vkeys(names), *self._wkeys(names)]
-        try:
-            conn.send_command("EVALSHA", self._write.sha, len(keys), *keys,
-                              int(self.in_flight_ttl * 1000), 0, len(names))  # fmt: skip
-        except Exception as err:
-            self._fail_connection(err)
-            return False
-        ticket.conn = conn
-        local.pending.append(ticket)
+        args = [len(keys), *keys, int(self.in_flight_ttl * 1000), 0, len(names)]
+        # on failure its names go back to the queue
+        ticket = self._send_script(self._write.sha, _WRITE_LUA, args, names)
+        if ticket.done:
+            return True  # failed at once; _resolve queued the names again
         if len(local.pending) > 64:  # replies owed pile up only if this thread never waits
             self.wait(local.pending[-1])
         return True
