@@ -33,7 +33,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import Mapper, Session
-from sqlalchemy.orm.attributes import instance_state
+from sqlalchemy.orm.attributes import instance_dict, instance_state
 from sqlalchemy.orm.path_registry import PathRegistry
 from sqlalchemy.util import immutabledict as util_immutabledict
 
@@ -114,6 +114,7 @@ class _Layout:
         "manager",
         "mapper",
         "ncols",
+        "new_instance",
         "paths",
         "rels",
         "width",
@@ -123,6 +124,7 @@ class _Layout:
         self.key = (class_key(mapper), cols, rels)
         self.mapper = mapper
         self.identity_class = mapper._identity_class
+        self.new_instance = mapper.class_manager.new_instance
         self.manager = mapper.class_manager
         known = {p.key for p in mapper.column_attrs}
         rel_props = {r.key: r for r in mapper.relationships}
@@ -293,13 +295,8 @@ def dehydrate(
 # -------------------------------------------------------------------- hydrate
 
 
-def _new_object(lay: _Layout, key: tuple[Any, ...], values: Any, template: Any) -> Any:
-    """A persistent object, not yet in any session (the steps of orm.loading._instance)."""
-    obj = lay.manager.new_instance()
-    state = instance_state(obj)
-    state.key = key
-    state.identity_token = key[2]
-    state.dict.update(zip(lay.cols, values))
+def _loader_state(state: Any, lay: _Layout, template: Any) -> None:
+    """Per-object loader state: load path, propagated options, per-object loaders."""
     load_options, state.load_path, callables = template
     if load_options:  # options the ORM propagates to this object's later lazy loads
         state.load_options = load_options
@@ -309,7 +306,6 @@ def _new_object(lay: _Layout, key: tuple[Any, ...], values: Any, template: Any) 
             state.expired_attributes.update(lay.expire.difference(callables))
     elif lay.expire:
         state.expired_attributes.update(lay.expire)
-    return obj
 
 
 def _attach(session: Session, states: list[Any], layouts: list[_Layout]) -> None:
@@ -396,8 +392,14 @@ def hydrate(
         seen.add(key)
         obj = idmap_get(key)
         if obj is None:
-            obj = _new_object(lay, key, record[3 : 3 + lay.ncols], per_layout[record[0]])
-            new_states.append((instance_state(obj), lay))
+            # a persistent object, not yet in the session (the steps of orm.loading._instance)
+            obj = lay.new_instance()
+            state = instance_state(obj)
+            state.key = key
+            state.identity_token = key[2]
+            instance_dict(obj).update(zip(lay.cols, record[3 : 3 + lay.ncols]))
+            _loader_state(state, lay, per_layout[record[0]])
+            new_states.append((state, lay))
         else:
             held.append((i, obj, lay))
         objs.append(obj)
