@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from sqla_querycache import FromCache, NoCache, UnknownRegionError
+from sqla_querycache import FromCache, NoCache, QueryCache, UnknownRegionError
 
 from .models import Category, Customer, Order, Product
 
@@ -116,3 +116,84 @@ def test_memoized_json_values_are_not_shared_between_sessions(engine, cache):
         p.attrs["sizes"].append(99)  # in-place change, never flushed
     with Session(engine) as s:
         assert 99 not in s.scalars(stmt).one().attrs["sizes"]
+
+
+def test_the_recipe_loses_pending_changes_and_we_do_not(sqlite_engine):
+    """The dogpile_caching recipe's merge(load=False) overwrites an unflushed change."""
+    from sqlalchemy.orm import sessionmaker
+
+    from .benchmarks.recipe import RecipeCache, RecipeFromCache, recipe_region
+
+    maker = sessionmaker(sqlite_engine, autoflush=False)
+    recipe = RecipeCache({"default": recipe_region("dogpile.cache.memory_pickle", "r:")})
+    recipe.install(maker)
+    stmt = select(Product).where(Product.category_id == 1).order_by(Product.id)
+    try:
+        with maker() as s:
+            s.scalars(stmt.options(RecipeFromCache())).all()
+        with maker() as s:
+            held = s.get(Product, 4)
+            held.name = "pending rename"
+            s.scalars(stmt.options(RecipeFromCache())).all()
+            assert recipe.hits == 1
+            assert held.name == "Product 04"  # the recipe's hit overwrote it
+    finally:
+        recipe.uninstall()
+    cache = QueryCache(regions={"default": {"backend": "dogpile.cache.memory"}})
+    cache.install(maker)
+    try:
+        with maker() as s:
+            s.scalars(stmt.options(FromCache())).all()
+        with maker() as s:
+            held = s.get(Product, 4)
+            held.name = "pending rename"
+            s.scalars(stmt.options(FromCache())).all()
+            assert cache.stats()["default"]["hits"] == 1
+            assert held.name == "pending rename"
+    finally:
+        cache.uninstall()
+
+
+@pytest.mark.parametrize(
+    "variant",
+    ["with_for_update", "yield_per", "stream_results", "populate_existing", "update"],
+)
+def test_never_cached(engine, sql, cache, variant):
+    from sqlalchemy import update
+
+    base = select(Product).where(Product.category_id == 2).order_by(Product.id)
+    run = {
+        "with_for_update": lambda s: s.scalars(base.with_for_update().options(FromCache())).all(),
+        "yield_per": lambda s: list(s.scalars(base.options(FromCache()).execution_options(
+            yield_per=5))),
+        "stream_results": lambda s: list(s.scalars(base.options(FromCache()).execution_options(
+            stream_results=True))),
+        "populate_existing": lambda s: s.scalars(base.options(FromCache()).execution_options(
+            populate_existing=True)).all(),
+        "update": lambda s: s.execute(update(Product).where(Product.id == 1).values(
+            name="x").execution_options(cache_region="default")),
+    }[variant]
+    for _ in range(2):
+        mark = sql.count
+        with Session(engine) as s:
+            run(s)
+            s.rollback()
+        assert sql.since(mark) >= 1
+    stats = cache.stats()["default"]
+    assert stats["hits"] == 0 and stats["stores"] == 0
+
+
+def test_session_execution_options_cache_every_select(engine, sql, cache):
+    import sqlalchemy
+
+    if sqlalchemy.__version__.startswith("2.0"):
+        pytest.skip("Session(execution_options=...) arrived in SQLAlchemy 2.1; use info=")
+    stmt = select(Category).order_by(Category.id)
+    for _ in range(2):
+        with Session(engine, execution_options={"cache_region": "hot"}) as s:
+            s.scalars(stmt).all()
+    mark = sql.count
+    with Session(engine, execution_options={"cache_region": "hot"}) as s:
+        s.scalars(stmt).all()
+    assert sql.since(mark) == 0
+    assert cache.stats()["hot"]["hits"] >= 1

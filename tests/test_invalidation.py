@@ -9,8 +9,16 @@ from __future__ import annotations
 import decimal
 
 import pytest
-from sqlalchemy import delete, insert, select, text, update
-from sqlalchemy.orm import Session, selectinload, with_polymorphic
+from sqlalchemy import ForeignKey, Integer, String, delete, insert, select, text, update
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    selectinload,
+    with_polymorphic,
+)
 
 from sqla_querycache import FromCache
 from sqla_querycache.tracking import ALL_TABLES, parse_sql_writes
@@ -293,3 +301,39 @@ def test_manual_invalidation(engine, sql, cache):
 )
 def test_sql_write_parser(statement, expected):
     assert parse_sql_writes(statement) == expected
+
+
+
+class _NodeBase(DeclarativeBase):
+    pass
+
+
+class Node(_NodeBase):
+    """A row whose post_update relationship is written by a second UPDATE."""
+
+    __tablename__ = "qc_node"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(20))
+    favorite_id: Mapped[int | None] = mapped_column(
+        ForeignKey("qc_node.id", use_alter=True, name="fk_qc_node_favorite"), nullable=True
+    )
+    favorite: Mapped[Node | None] = relationship(remote_side=[id], post_update=True)
+
+
+def test_post_update_write(engine, sql, cache):
+    _NodeBase.metadata.drop_all(engine)
+    _NodeBase.metadata.create_all(engine)
+    try:
+        with Session(engine) as s:
+            s.add_all([Node(id=1, name="a"), Node(id=2, name="b")])
+            s.commit()
+        stmt = select(Node).order_by(Node.id).options(FromCache())
+        warm(engine, sql, stmt)
+        with Session(engine) as s:
+            a, b = s.get(Node, 1), s.get(Node, 2)
+            a.favorite = b  # written by the post_update UPDATE only
+            s.commit()
+        with Session(engine) as s:
+            assert [n.favorite_id for n in s.scalars(stmt)] == [2, None]
+    finally:
+        _NodeBase.metadata.drop_all(engine)
