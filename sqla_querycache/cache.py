@@ -178,6 +178,13 @@ class QueryCache:
             self._installed.remove()
             self._installed = None
 
+    def close(self) -> None:
+        """Uninstall, and stop the version store's threads and connections."""
+        self.uninstall()
+        close = getattr(self.versions, "close", None)
+        if close is not None:
+            close()
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Counters per region (``hits``, ``misses``, ``stores``, ``errors``, ...)."""
         return self._stats.regions()

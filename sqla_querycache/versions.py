@@ -529,7 +529,15 @@ class RedisVersions:
                 pass  # Redis away: the epoch is left to expire, by design
 
     def close(self) -> None:
+        """Stop the heartbeat; deliver what this process still owes (best effort)."""
         self._stop.set()
+        try:
+            self.flush()
+            pending = getattr(self._local, "pending", None)
+            if pending:
+                self.wait(pending[-1])
+        except Exception:
+            pass  # unreachable: the marks expire with their TTL
 
     def __repr__(self) -> str:
         kw = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})

@@ -57,6 +57,15 @@ def pytest_report_header(config: Any) -> list[str]:
     return lines
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line for every database case skipped for want of a URL."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = sum(1 for rep in skipped if SKIP_HINT in str(getattr(rep, "longrepr", "")))
+    if missing:
+        terminalreporter.write_line(f"sqla_querycache: {missing} PostgreSQL/MariaDB cases skipped: "
+                                    f"{SKIP_HINT}")  # fmt: skip
+
+
 # ------------------------------------------------------------------ Redis
 
 
