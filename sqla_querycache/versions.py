@@ -12,6 +12,7 @@ can never make an old entry match again (I4).
 from __future__ import annotations
 
 import collections
+import os
 import secrets
 import threading
 import time
@@ -386,10 +387,7 @@ class RedisVersions:
         local = self._local
         try:
             self._circuit.check()
-            conn = getattr(local, "conn", None)
-            if conn is None:
-                conn = local.conn = self.client.connection_pool.make_connection()
-                local.pending = collections.deque()
+            conn = self._thread_connection()
             conn.send_command("EVALSHA", sha, *args)
             ticket.conn = conn
             local.pending.append(ticket)
@@ -473,10 +471,20 @@ class RedisVersions:
             return
         self._queue_ends(names)
 
+    def _thread_connection(self) -> Any:
+        """This thread's own connection (a new one after a fork: never share a socket)."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = local.conn = self.client.connection_pool.make_connection()
+            local.pending = collections.deque()
+            local.pid = os.getpid()
+        return conn
+
     def _send_end(self, names: list[str]) -> bool:
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or self._circuit.down_until:
+        if conn is None or local.pid != os.getpid() or self._circuit.down_until:
             return False
         keys = [*self._vkeys(names), *self._wkeys(names)]
         args = [len(keys), *keys, int(self.in_flight_ttl * 1000), 0, len(names)]
