@@ -21,9 +21,10 @@ from typing import Any
 import msgpack
 
 #: bump when the entry layout changes; old entries then decode as misses
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT, _ENUM = range(1, 10)
+_DECIMAL_BIN = 10
 
 #: Enum classes an entry may name, by qualified name: only classes the mapped
 #: schema or a statement's column types declare (never imported by name)
@@ -125,10 +126,31 @@ def _tz_from(data: bytes) -> _dt.tzinfo | None:
 _UUID_MODULES = frozenset({"asyncpg.pgproto.pgproto"})
 
 
+def _decimal_out(value: Decimal) -> msgpack.ExtType:
+    """A finite Decimal as (exponent byte, signed big-endian coefficient); else its text.
+
+    ``Decimal("1.20")`` is b"\\xfe\\x78": 2 bytes instead of 4 of text, and
+    exact (coefficient digits and exponent, so the scale survives).
+    """
+    sign, digits, exponent = value.as_tuple()
+    if isinstance(exponent, int) and -128 <= exponent <= 127 and len(digits) <= 38:
+        coefficient = int("".join(map(str, digits)))
+        if sign:
+            coefficient = -coefficient
+            if coefficient == 0:  # -0 keeps its sign only as text
+                return msgpack.ExtType(_DECIMAL, str(value).encode())
+        size = (coefficient.bit_length() + 8) // 8
+        return msgpack.ExtType(
+            _DECIMAL_BIN, exponent.to_bytes(1, "big", signed=True)
+            + coefficient.to_bytes(size, "big", signed=True)
+        )
+    return msgpack.ExtType(_DECIMAL, str(value).encode())
+
+
 def _default(obj: Any) -> msgpack.ExtType:
     t = type(obj)
     if t is Decimal:
-        return msgpack.ExtType(_DECIMAL, str(obj).encode())
+        return _decimal_out(obj)
     if t is _dt.datetime:
         head = _DATETIME_S.pack(obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
                                 obj.microsecond, obj.fold)  # fmt: skip
@@ -178,6 +200,12 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _decode_ext(code: int, data: bytes) -> Any:
+    if code == _DECIMAL_BIN:
+        if len(data) < 2:
+            raise CorruptEntry("truncated decimal")
+        exponent = int.from_bytes(data[:1], "big", signed=True)
+        coefficient = int.from_bytes(data[1:], "big", signed=True)
+        return Decimal(f"{coefficient}E{exponent}")
     if code == _DECIMAL:
         return Decimal(data.decode())
     if code == _DATETIME:
