@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -150,7 +149,7 @@ class QueryCache:
         self.max_entry_bytes = max_entry_bytes
         self.lock_timeout = float(lock_timeout)
         self.versions: VersionStore = _make_version_store(versions, namespace)
-        self._plans = keys.PlanMemo(plan_memo_size)
+        self._plans: keys.LRU[keys.Plan] = keys.LRU(plan_memo_size)
         self._mapper_sets: dict[Any, MapperSet] = {}
         self._bind_ids: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
         self._stats = Stats(self.regions)
@@ -160,7 +159,7 @@ class QueryCache:
         self._warned: set[Any] = set()
         if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
             raise ConfigurationError(f"memo_size must be an int >= 0: {memo_size!r}")
-        self._memo = _Memo(memo_size)
+        self._memo: keys.LRU[_Entry] = keys.LRU(memo_size)
         self._failed_bumps = _PendingBumps(self)
 
     # ------------------------------------------------------------ public API
@@ -338,10 +337,8 @@ class QueryCache:
             mappers.fingerprint,
             repr(shape_opts),
         )
-        plan = keys.Plan(digest, compiled, tables)
-        plan.shape = None
+        plan = keys.Plan(digest, compiled, tables, mappers)
         self._plans.put(memo_key, plan)
-        plan_mappers[plan] = mappers
         return plan
 
     def _mapper_set(self, roots: list[Any]) -> MapperSet:
@@ -413,7 +410,7 @@ class QueryCache:
             return None
 
         ttl = ttl if ttl is not None else region.expiration_time
-        mappers = plan_mappers[plan]
+        mappers = plan.mappers
         result, versions = self._lookup(orm_state, region, key, names, plan, mappers, ttl)
         if result is not None:
             return result
@@ -698,11 +695,11 @@ class QueryCache:
 
     def _settle(self, info: dict[str, Any] | None) -> None:
         """After a commit returned (or at the next sign of it): the post-commit bump."""
-        if info is None:
-            return
-        ct = info.get(self._info_key)
-        if ct is None:
-            return
+        ct = info.get(self._info_key) if info is not None else None
+        if ct is not None:
+            self._settle_tracker(ct)
+
+    def _settle_tracker(self, ct: tracking.ConnTracker) -> None:
         while ct.committing:
             self._end_commit(*ct.committing.pop())
 
@@ -719,8 +716,6 @@ class QueryCache:
             ct.written = set()
 
 
-#: plan -> its MapperSet (kept beside the plan so Plan stays a plain record)
-plan_mappers: WeakKeyDictionary[keys.Plan, MapperSet] = WeakKeyDictionary()
 
 
 def _load_options(orm_state: ORMExecuteState) -> Any:
@@ -815,39 +810,6 @@ class _Entry:
             if not _has_mutable(payload):
                 self._payload, self._raw = payload, None
         return payload
-
-
-class _Memo:
-    """A bounded, thread-safe LRU of decoded entries (0 disables it)."""
-
-    def __init__(self, maxsize: int):
-        self.maxsize = maxsize
-        self._data: OrderedDict[Any, _Entry] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> _Entry | None:
-        entry = self._data.get(key)
-        if entry is not None:
-            try:
-                self._data.move_to_end(key)
-            except KeyError:
-                pass
-        return entry
-
-    def put(self, key: Any, entry: _Entry) -> None:
-        if not self.maxsize:
-            return
-        with self._lock:
-            self._data[key] = entry
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
-
-    def pop(self, key: Any) -> None:
-        self._data.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
 
 
 class _PendingBumps:

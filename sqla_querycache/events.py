@@ -92,8 +92,7 @@ def install(cache: QueryCache, target: Any) -> Installation:
         tracker = session.info.get(key)
         if tracker is not None:
             for ct in tracker.conns:
-                while ct.committing:
-                    cache._end_commit(*ct.committing.pop())
+                cache._settle_tracker(ct)
 
     def after_transaction_end(session: Session, transaction: Any) -> None:
         if transaction.parent is None:

@@ -328,9 +328,8 @@ def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
         return
     dict_ = state.dict
     filled = [k for k in lay.cols if k in unloaded]
-    for k in filled:
-        dict_[k] = values[lay.cols.index(k)]
     if filled:
+        dict_.update((k, v) for k, v in zip(lay.cols, values) if k in unloaded)
         state._commit(dict_, filled)
 
 

@@ -16,7 +16,7 @@ import threading
 import types
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Connection, Engine
@@ -38,20 +38,21 @@ class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
     __slots__ = (
-        "__weakref__",
         "compiled",
         "derived",
         "digest",
+        "mappers",
         "names",
         "shape",
         "tables",
         "templates",
     )  # fmt: skip
 
-    def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...]):
+    def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...], mappers: Any):
         self.digest = digest
         self.compiled = compiled
         self.tables = tables
+        self.mappers = mappers  # the MapperSet entries of this statement name classes in
         self.shape: Any = None  # result shape, learned from the first real result
         self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
         #: per-object loader state learned from a real load (see hydrate.dehydrate)
@@ -60,28 +61,36 @@ class Plan:
         self.names: dict[str, tuple[str, ...]] = {}
 
 
-class PlanMemo:
-    """A bounded, thread-safe LRU of :class:`Plan` objects."""
+V = TypeVar("V")
 
-    def __init__(self, maxsize: int = 2000):
+
+class LRU(Generic[V]):
+    """A bounded, thread-safe LRU (``maxsize`` 0 keeps nothing): plans, decoded entries."""
+
+    def __init__(self, maxsize: int):
         self.maxsize = maxsize
-        self._data: OrderedDict[Any, Plan] = OrderedDict()
+        self._data: OrderedDict[Any, V] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Any) -> Plan | None:
-        plan = self._data.get(key)
-        if plan is not None:
+    def get(self, key: Any) -> V | None:
+        value = self._data.get(key)
+        if value is not None:
             try:
                 self._data.move_to_end(key)
             except KeyError:  # evicted by another thread meanwhile
                 pass
-        return plan
+        return value
 
-    def put(self, key: Any, plan: Plan) -> None:
+    def put(self, key: Any, value: V) -> None:
+        if not self.maxsize:
+            return
         with self._lock:
-            self._data[key] = plan
+            self._data[key] = value
             while len(self._data) > self.maxsize:
                 self._data.popitem(last=False)
+
+    def pop(self, key: Any) -> None:
+        self._data.pop(key, None)
 
     def clear(self) -> None:
         with self._lock:

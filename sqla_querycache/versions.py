@@ -336,9 +336,7 @@ class RedisVersions:
         # SCRIPT EXISTS round trip on every execute()
         pipe = client.pipeline(transaction=False)
         if ends:
-            end_keys = [*self._vkeys(ends), *self._wkeys(ends)]
-            pipe.evalsha(self._write.sha, len(end_keys), *end_keys,
-                         int(self.in_flight_ttl * 1000), 0, len(ends))  # fmt: skip
+            pipe.evalsha(self._write.sha, *self._write_args((), ends))
         if key is not None:
             pipe.get(key)
         pipe.evalsha(self._read.sha, len(keys), *keys, *args)
@@ -357,11 +355,9 @@ class RedisVersions:
         if self._cluster:
             with self._ends_lock:
                 ends, self._ends = self._ends, []
-            keys = [*self._vkeys(begin), *self._wkeys(begin)]
-            keys += [*self._vkeys(ends), *self._wkeys(ends)]
-            ttl = int(self.in_flight_ttl * 1000)
+            numkeys, *rest = self._write_args(begin, ends)
             try:
-                self._call(self._write, keys, [ttl, len(begin), len(ends)])
+                self._call(self._write, rest[:numkeys], rest[numkeys:])
             except Exception:
                 with self._ends_lock:
                     self._ends[:0] = ends
@@ -370,6 +366,11 @@ class RedisVersions:
         ticket = self.begin_async(begin)
         if not self.wait(ticket):
             raise Unavailable(f"version store write failed: {ticket.error!r}")
+
+    def _write_args(self, begin: Sequence[str], ends: Sequence[str]) -> list[Any]:
+        """EVALSHA arguments of ``_WRITE_LUA`` after the sha: numkeys, KEYS, ARGV."""
+        keys = [*self._vkeys(begin), *self._wkeys(begin), *self._vkeys(ends), *self._wkeys(ends)]
+        return [len(keys), *keys, int(self.in_flight_ttl * 1000), len(begin), len(ends)]
 
     # -- scripts on a connection each thread keeps, replies read in order
 
@@ -406,9 +407,7 @@ class RedisVersions:
         """
         with self._ends_lock:
             ends, self._ends = self._ends, []
-        keys = [*self._vkeys(names), *self._wkeys(names), *self._vkeys(ends), *self._wkeys(ends)]
-        args = [len(keys), *keys, int(self.in_flight_ttl * 1000), len(names), len(ends)]
-        return self._send_script(self._write.sha, _WRITE_LUA, args, ends)
+        return self._send_script(self._write.sha, _WRITE_LUA, self._write_args(names, ends), ends)
 
     def wait(self, ticket: _Ticket) -> bool:
         """Read replies until ``ticket``'s arrived; True if its script ran.
@@ -486,10 +485,8 @@ class RedisVersions:
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid() or self._circuit.down_until:
             return False
-        keys = [*self._vkeys(names), *self._wkeys(names)]
-        args = [len(keys), *keys, int(self.in_flight_ttl * 1000), 0, len(names)]
         # on failure its names go back to the queue
-        ticket = self._send_script(self._write.sha, _WRITE_LUA, args, names)
+        ticket = self._send_script(self._write.sha, _WRITE_LUA, self._write_args((), names), names)
         if ticket.done:
             return True  # failed at once; _resolve queued the names again
         if len(local.pending) > 64:  # replies owed pile up only if this thread never waits

@@ -42,21 +42,23 @@ class Counter(Base):
     value: Mapped[int]
 
 
-def _cache(redis_url: str) -> Any:
+def _process(db_url: str, redis_url: str) -> tuple[Any, Any, Any]:
+    """One checker process's engine, QueryCache and the sessionmaker it is installed on."""
     from dogpile.cache import make_region
 
     from sqla_querycache import QueryCache
 
+    engine = create_engine(db_url)
     region = make_region().configure("dogpile.cache.redis", expiration_time=300,
                                      arguments={"url": redis_url})  # fmt: skip
-    return QueryCache(regions={"default": region}, versions=redis_url, namespace="qccheck")
+    cache = QueryCache(regions={"default": region}, versions=redis_url, namespace="qccheck")
+    maker = sessionmaker(engine)
+    cache.install(maker)
+    return engine, cache, maker
 
 
 def writer(db_url: str, redis_url: str, deadline: float, seed: int, out: str) -> None:
-    engine = create_engine(db_url)
-    cache = _cache(redis_url)
-    maker = sessionmaker(engine)
-    cache.install(maker)
+    engine, _, maker = _process(db_url, redis_url)
     rnd = random.Random(seed)
     log = []
     while time.time() < deadline:
@@ -88,10 +90,7 @@ def writer(db_url: str, redis_url: str, deadline: float, seed: int, out: str) ->
 def reader(db_url: str, redis_url: str, deadline: float, seed: int, out: str) -> None:
     from sqla_querycache import FromCache
 
-    engine = create_engine(db_url)
-    cache = _cache(redis_url)
-    maker = sessionmaker(engine)
-    cache.install(maker)
+    _, cache, maker = _process(db_url, redis_url)
     rnd = random.Random(seed)
     log = []
     all_rows = select(Counter).order_by(Counter.id).options(FromCache())
