@@ -33,7 +33,7 @@ SESSION_CTX = ("A", "B", "C")
 
 #: what ``without=`` can switch off (to look past a failure class already found)
 FEATURES = ("volatile", "ac_begin", "autocommit", "savepoint", "cte", "truncate", "text_read",
-            "text_write", "other_schema")
+            "text_write", "other_schema", "literal", "wildcard")
 
 
 def generate(seed: int, steps: int, kind: str, processes: int = 1,
@@ -56,6 +56,10 @@ def generate(seed: int, steps: int, kind: str, processes: int = 1,
             if "text_read" in without and spec["k"] == "text":
                 continue
             if "other_schema" in without and "audit" in repr(spec).lower():
+                continue
+            if "literal" in without and "literal" in repr(spec):
+                continue
+            if "wildcard" in without and "star" in repr(spec):
                 continue
             return spec
 
