@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", choices=["local", "redis"], default="local")
     ap.add_argument("--processes", type=int, choices=[1, 2], default=1)
     ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--runs", type=int, default=None, help="stop after this many seeds")
     ap.add_argument("--out", default="fuzz-repros")
     ap.add_argument("--keep-going", action="store_true", help="go on after a failure")
     ap.add_argument("--shrink-seconds", type=float, default=90)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = 0
     runs = hits = attempts = compared = steps = 0
     try:
-        while time.monotonic() - t0 < args.seconds:
+        while time.monotonic() - t0 < args.seconds and (args.runs is None or runs < args.runs):
             trace = gen.generate(seed, args.steps, env.kind, args.processes, without)
             out = replay(env, trace, proc, verbose=args.verbose)
             runs += 1
