@@ -100,6 +100,8 @@ def generate(seed: int, steps: int, kind: str, processes: int = 1,
 
     while len(out) < steps:
         x = r.random()
+        if processes > 1 and r.random() < 0.15:
+            x = 0.985  # a step of the other process
         if x < 0.40:
             ctx = r.choice(["A", "A", "B", "B", "C", "fresh"])
             out.append({"op": "read", "ctx": ctx, "r": read(), "mode": mode(ctx)})
@@ -158,7 +160,7 @@ def generate(seed: int, steps: int, kind: str, processes: int = 1,
                     end(ctx)
                 table = r.choice(["fz_tag", "fz_tag", "fz_event", "fz_person", "fz_owner"])
                 out.append({"op": "truncate", "table": table, "probes": probes()})
-        elif processes > 1 and x < 0.99:
+        elif processes > 1 and 0.98 <= x < 0.99:
             if r.random() < 0.5:
                 if writer:
                     end(writer)

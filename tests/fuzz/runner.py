@@ -468,9 +468,9 @@ class Replay:
 
     def run(self) -> Outcome:
         S.reset_data(self.env.engine)
-        if self.proc is not None:
-            self.proc.call({"op": "reset"})
         cache = self.env.new_cache()
+        if self.proc is not None:
+            self.proc.call({"op": "reset", "ns": cache.namespace})
         try:
             for i, step in enumerate(self.trace):
                 self.step = i
