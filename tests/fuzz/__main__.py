@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, choices=[1, 2], default=1)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--runs", type=int, default=None, help="stop after this many seeds")
-    ap.add_argument("--out", default="fuzz-repros")
+    ap.add_argument("--out", default=os.path.join(tempfile.gettempdir(), "qc-fuzz-repros"))
     ap.add_argument("--keep-going", action="store_true", help="go on after a failure")
     ap.add_argument("--shrink-seconds", type=float, default=90)
     ap.add_argument("--verbose", action="store_true")
