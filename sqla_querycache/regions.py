@@ -4,7 +4,11 @@ Entries are read and written with the backend's ``get_serialized`` /
 ``set_serialized`` so the region's deserializer (pickle, for dogpile's
 network backends) never sees them (I6). Expiration is checked by the
 extension itself from the entry's creation time; on Redis backends the key
-also gets a TTL so expired entries leave the server.
+also gets a TTL so expired entries leave the server: the region's
+expiration time, or ``DEFAULT_TTL`` for a region without one (a full Redis
+under ``noeviction`` would otherwise refuse the version writes). Entries in
+Redis are read and written through a client of the library's own, with
+bounded socket timeouts whatever the region's client says.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from dogpile.cache.api import NO_VALUE
 
 from . import codec
 from .exc import ConfigurationError
+
+#: seconds an entry of a region without ``expiration_time`` lives in Redis
+DEFAULT_TTL = 86400.0
 
 
 def _safe_region(config: dict[str, Any]) -> CacheRegion:
@@ -50,26 +57,41 @@ class RegionStore:
         self.backend = region.backend
         exp = region.expiration_time
         self.expiration_time: float | None = exp if exp and exp > 0 else None
-        #: the backend's Redis client, when it has one (fast paths use it)
-        self.redis = getattr(self.backend, "writer_client", None)
+        #: a client of our own for the backend's Redis server, when it has one
+        #: (bounded timeouts: a hung server never stalls a read for long)
+        self.redis = None
+        users = getattr(self.backend, "writer_client", None)
+        if users is not None:
+            from .versions import private_client
+
+            try:
+                self.redis = private_client(users)
+            except Exception:  # an unusual client: keep the backend's calls
+                self.redis = None
         self.kind = type(self.backend).__name__
         #: whether entries and versions can be read in one round trip (decided lazily)
         self.combined: bool | None = None
 
     def get(self, key: str) -> bytes | None:
+        if self.redis is not None:
+            return self.redis.get(key)  # type: ignore[no-any-return]
         value = self.backend.get_serialized(key)
         if value is NO_VALUE or value is None:
             return None
         return value
 
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
-        if self.redis is not None and ttl:
+        if self.redis is not None:
+            ttl = ttl or self.expiration_time or DEFAULT_TTL
             self.redis.set(key, value, px=int(ttl * 1000) + 1000)
         else:
             self.backend.set_serialized(key, value)
 
     def delete(self, key: str) -> None:
-        self.backend.delete(key)
+        if self.redis is not None:
+            self.redis.delete(key)
+        else:
+            self.backend.delete(key)
 
     def mutex(self, key: str) -> Any:
         return self.backend.get_mutex(key)

@@ -108,30 +108,58 @@ class LocalVersions:
 
 
 class Unavailable(Exception):
-    """The version store did not answer (or is cooling down after it did not)."""
+    """The version store did not answer (or is cooling down after it did not).
+
+    The only exception ``begin_write`` and ``bump`` of the Redis store raise
+    (``end_write``, ``begin_async`` and ``wait`` never raise): a caller on the
+    commit path treats it as "store down" and never lets it reach the user.
+    """
+
+
+#: seconds every Redis call of the library may block (connect, read, write)
+TIMEOUT = 0.5
+#: the retry timer of undelivered post-commit halves: first delay, cap
+RETRY_FIRST, RETRY_CAP = 0.02, 0.5
 
 
 class _Circuit:
-    """After a failure, skip the remote store for ``cooldown`` seconds (fail fast)."""
+    """Fail fast after a failure: skip the store for ``cooldown`` s, then let one call probe.
 
-    __slots__ = ("cooldown", "down_until")
+    ``check()`` refusing a call is not a failure (it never re-opens the
+    circuit); the first success closes it. ``outage_began`` is when this
+    process first saw a failure since its last success (the commit path's
+    lease wait counts from there).
+    """
+
+    __slots__ = ("cooldown", "down_until", "outage_began")
 
     def __init__(self, cooldown: float):
         self.cooldown = cooldown
         self.down_until = 0.0
+        self.outage_began: float | None = None
 
     def check(self) -> None:
         if self.down_until and time.monotonic() < self.down_until:
             raise Unavailable("version store cooling down after a failure")
 
     def failed(self) -> None:
-        self.down_until = time.monotonic() + self.cooldown
+        now = time.monotonic()
+        self.down_until = now + self.cooldown
+        if self.outage_began is None:
+            self.outage_began = now
 
     def ok(self) -> None:
         self.down_until = 0.0
+        self.outage_began = None
 
 
-# KEYS: epoch, v_1..v_n, w_1..w_n   ARGV: lease_ms, new_epoch, new_v_1..new_v_n
+# Marks: a sorted set per table, {qc}:m:<table>, one member per marking
+# transaction (a random token) scored with its own expiry (server time, ms).
+# Nobody re-arms another writer's mark; a writer that does not know whether
+# its mark landed sends a cancel, which removes it and leaves a tombstone
+# ({qc}:dead:<token>) so a mark that arrives after its cancel is not added.
+
+# KEYS: epoch, v_1..v_n, m_1..m_n   ARGV: lease_ms, new_epoch, new_v_1..new_v_n
 _READ_LUA = """
 local n = (#KEYS - 1) / 2
 local out = {}
@@ -141,9 +169,15 @@ if not e then
   e = ARGV[2]
 end
 out[1] = e
+local now
 for i = 1, n do
-  local w = redis.call('GET', KEYS[1 + n + i])
-  if w and tonumber(w) > 0 then return false end
+  if redis.call('EXISTS', KEYS[1 + n + i]) == 1 then
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    if redis.call('ZCOUNT', KEYS[1 + n + i], '(' .. now, '+inf') > 0 then return false end
+  end
   local v = redis.call('GET', KEYS[1 + i])
   if not v then
     redis.call('SET', KEYS[1 + i], ARGV[2 + i])
@@ -153,45 +187,116 @@ for i = 1, n do
 end
 return out
 """
-# One script for both halves of a write, so a commit's begin carries the
-# previous commits' ends in the same round trip.
-# KEYS: begin v_1..v_b, begin w_1..w_b, end v_1..v_e, end w_1..w_e
-# ARGV: in-flight ttl ms, b, e
+# Both halves of writes in one script, so a commit's begin carries the
+# previous commits' ends (and cancels) in the same round trip.
+# KEYS: begin v_1..v_b, begin m_1..m_b, dead(begin token),
+#       end v_1..v_e, end m_1..m_e, cancel m_1..m_c, cancel dead_1..dead_c
+# ARGV: mark ttl ms, b, e, c, begin token, end tokens (e), cancel tokens (c)
 _WRITE_LUA = """
+local ttl = tonumber(ARGV[1])
 local b = tonumber(ARGV[2])
 local e = tonumber(ARGV[3])
+local c = tonumber(ARGV[4])
+local k = 2 * b + 1
 for i = 1, e do
-  redis.call('INCR', KEYS[2 * b + i])
-  if redis.call('DECR', KEYS[2 * b + e + i]) <= 0 then redis.call('DEL', KEYS[2 * b + e + i]) end
+  redis.call('INCR', KEYS[k + i])
+  if ARGV[5 + i] ~= '' then redis.call('ZREM', KEYS[k + e + i], ARGV[5 + i]) end
 end
-for i = 1, b do
-  redis.call('INCR', KEYS[i])
-  redis.call('INCR', KEYS[b + i])
-  redis.call('PEXPIRE', KEYS[b + i], ARGV[1])
+k = k + 2 * e
+for i = 1, c do
+  redis.call('ZREM', KEYS[k + i], ARGV[5 + e + i])
+  redis.call('SET', KEYS[k + c + i], '1', 'PX', ttl)
 end
-return b + e
+if b > 0 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local dead = redis.call('EXISTS', KEYS[2 * b + 1]) == 1
+  for i = 1, b do
+    redis.call('INCR', KEYS[i])
+    if not dead then
+      redis.call('ZREMRANGEBYSCORE', KEYS[b + i], '-inf', now)
+      redis.call('ZADD', KEYS[b + i], now + ttl, ARGV[5])
+      redis.call('PEXPIRE', KEYS[b + i], ttl)
+    end
+  end
+end
+return b + e + c
 """
 _BUMP_LUA = """
 for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
 return #KEYS
 """
+# Run first on every new connection and by the heartbeat. A server that is
+# not the one that recorded the boot key (restarted, from a snapshot or not;
+# a promoted replica) gets a fresh epoch, so nothing stored before is served.
+# KEYS: epoch, boot   ARGV: lease_ms, fresh epoch, renew (1: heartbeat)
+_BOOT_LUA = """
+local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+if redis.call('GET', KEYS[2]) ~= rid then
+  redis.call('SET', KEYS[2], rid)
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+  return 1
+end
+if ARGV[3] == '1' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 0
+"""
 
 
 NoScriptError: Any = Exception  # redis.exceptions.NoScriptError, bound on first use
+
+_POOL_KW_SKIP = ("orig_", "maint_notifications", "himport")
+
+
+def private_client(client: Any, timeout: float = TIMEOUT, on_connect: Any = None) -> Any:
+    """A client of its own for the server ``client`` talks to, with bounded timeouts.
+
+    The library never blocks on a socket longer than ``timeout`` whatever the
+    user's client says (a dogpile region's client has no socket timeout by
+    default). ``None`` for clients without a single connection pool (cluster).
+    """
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return None
+    import redis
+
+    kw = {k: v for k, v in pool.connection_kwargs.items() if not k.startswith(_POOL_KW_SKIP)}
+    mine = kw.get("socket_timeout")
+    kw["socket_timeout"] = timeout if mine is None else min(mine, timeout)
+    mine = kw.get("socket_connect_timeout")
+    kw["socket_connect_timeout"] = timeout if mine is None else min(mine, timeout)
+    kw["health_check_interval"] = 0
+    kw.pop("retry", None)
+    kw.pop("retry_on_timeout", None)
+    kw.pop("retry_on_error", None)
+    if on_connect is not None:
+        kw["redis_connect_func"] = on_connect
+    try:
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        kw["retry"] = Retry(NoBackoff(), 0)
+    except ImportError:  # pragma: no cover
+        pass
+    new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kw)
+    return redis.Redis(connection_pool=new_pool)
 
 
 class _Ticket:
     """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
 
-    __slots__ = ("conn", "done", "ends", "error", "lua", "reply")
+    __slots__ = ("cancels", "conn", "done", "ends", "error", "lua", "names", "reply", "token")
 
-    def __init__(self, ends: list[str], lua: str = ""):
+    def __init__(self, ends: list[tuple[str, str]], lua: str = "", names: Sequence[str] = (),
+                 token: str = "", cancels: list[tuple[str, str]] | None = None):  # fmt: skip
         self.done = False
         self.error: BaseException | None = None
-        self.ends = ends
-        self.lua = lua  # the script's source, to load it again after NOSCRIPT
+        self.ends = ends  # (name, token) post-commit halves it carries
+        self.cancels = cancels or []  # (name, token) cancels it carries
+        self.lua = lua
         self.reply: Any = None
         self.conn: Any = None  # the connection whose reply it is
+        self.names = names  # tables it marks
+        self.token = token  # their mark's token
 
 
 class RedisVersions:
@@ -203,9 +308,17 @@ class RedisVersions:
     Outages: an *epoch* key with a short TTL (``lease``) is part of every
     entry's versions and is kept alive by a heartbeat of each process. If
     Redis stops answering, nobody renews it; a writer that cannot mark its
-    tables before its commit keeps retrying for ``lease`` seconds before it
-    commits, so by the time Redis could serve anyone again after such a
-    commit the epoch has expired and every older entry is unreachable.
+    tables before its commit waits until ``lease`` seconds after this process
+    first saw the store fail (:meth:`commit_wait_remaining`,
+    :meth:`mark_for_commit`), so by the time Redis could serve anyone again
+    after such a commit the epoch has expired and every older entry is
+    unreachable. A restarted server (or a promoted replica) is recognised by
+    its ``run_id`` on every new connection and by the heartbeat, and gets a
+    fresh epoch. See ARCHITECTURE.md, "Version protocol".
+
+    Failure contract: ``begin_write`` and ``bump`` raise only
+    :class:`Unavailable`; ``end_write``, ``begin_async``, ``wait``,
+    ``mark_for_commit`` and ``commit_wait_remaining`` never raise.
     """
 
     kind = "redis"
@@ -220,6 +333,7 @@ class RedisVersions:
         in_flight_ttl: float = 60.0,
         cooldown: float = 1.0,
         heartbeat: bool = True,
+        timeout: float = TIMEOUT,
     ):
         from .exc import ConfigurationError
 
@@ -229,8 +343,9 @@ class RedisVersions:
             except ImportError as err:  # pragma: no cover
                 raise ConfigurationError("versions=<redis URL> needs the 'redis' extra") from err
             client = redis.Redis.from_url(
-                client, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=0
-            )
+                client, socket_timeout=timeout, socket_connect_timeout=timeout,
+                health_check_interval=0,
+            )  # fmt: skip
         if not hasattr(client, "register_script"):
             raise ConfigurationError(f"not a redis client: {client!r}")
         global NoScriptError
@@ -238,23 +353,33 @@ class RedisVersions:
 
         if lease <= 0 or in_flight_ttl <= 0:
             raise ConfigurationError("lease and in_flight_ttl must be positive")
-        self.client = client
-        #: a Redis Cluster client (no single connection pool): no pipelined scripts
-        self._cluster = not hasattr(client, "connection_pool")
         self.namespace = namespace
-        self.lease = float(lease)
-        self.in_flight_ttl = float(in_flight_ttl)
-        self.retry_window = self.lease
         self._tag = "{" + namespace + "}"
         self._epoch_key = f"{self._tag}:epoch"
-        self._read = client.register_script(_READ_LUA)
-        self._write = client.register_script(_WRITE_LUA)
-        self._bump = client.register_script(_BUMP_LUA)
-        self._ends: list[str] = []  # post-commit halves not delivered yet
+        self._boot_key = f"{self._tag}:boot"
+        self.lease = float(lease)
+        self.timeout = float(timeout)
+        self.in_flight_ttl = float(in_flight_ttl)
+        #: kept for older commit loops: how long one commit may retry its mark
+        self.retry_window = self.lease
+        self.user_client = client
+        #: a Redis Cluster client (no single connection pool): no pipelined scripts
+        self._cluster = not hasattr(client, "connection_pool")
+        own = private_client(client, timeout, self._on_connect)
+        self.client = own if own is not None else client
+        self._read = self.client.register_script(_READ_LUA)
+        self._write = self.client.register_script(_WRITE_LUA)
+        self._bump = self.client.register_script(_BUMP_LUA)
+        self._boot = self.client.register_script(_BOOT_LUA)
+        self._noscript = False  # the server lost our scripts: send the next ones with EVAL
+        self._ends: list[tuple[str, str]] = []  # post-commit halves not delivered yet
+        self._cancels: list[tuple[str, str]] = []  # marks of unknown fate to resolve
+        self._tokens: dict[int, tuple[Any, str, float]] = {}  # id(names) -> names, token, t
         self._local = threading.local()  # each thread's connection for writes
         self._ends_lock = threading.Lock()
         self._flush_timer: threading.Timer | None = None
-        self.end_delay = 0.02
+        self.end_delay = RETRY_FIRST
+        self._retry_delay = RETRY_FIRST
         self._circuit = _Circuit(cooldown)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -267,21 +392,43 @@ class RedisVersions:
     def _vkeys(self, names: Sequence[str]) -> list[str]:
         return [f"{self._tag}:v:{n}" for n in names]
 
-    def _wkeys(self, names: Sequence[str]) -> list[str]:
-        return [f"{self._tag}:w:{n}" for n in names]
+    def _mkeys(self, names: Sequence[str]) -> list[str]:
+        return [f"{self._tag}:m:{n}" for n in names]
+
+    def _deadkey(self, token: str) -> str:
+        return f"{self._tag}:dead:{token or '-'}"
+
+    # -- connections
+
+    def _on_connect(self, conn: Any) -> None:
+        """Every new connection: the handshake, then the boot check (before any command)."""
+        conn.on_connect()
+        conn.send_command("EVAL", _BOOT_LUA, 2, self._epoch_key, self._boot_key,
+                          int(self.lease * 1000), fresh_version(), 0)  # fmt: skip
+        conn.read_response()
 
     def _call(self, script: Any, keys: list[str], args: list[Any], client: Any = None) -> Any:
         self._circuit.check()
         try:
             out = script(keys=keys, args=args, client=client)
-        except Exception:
+        except Exception as err:
             self._circuit.failed()
-            raise
-        self._circuit.ok()
+            raise Unavailable(f"version store failed: {err!r}") from err
+        self._ok()
         return out
 
+    def _ok(self) -> None:
+        """A call succeeded: close the circuit; deliver at once what is owed."""
+        was_down = self._circuit.outage_began is not None
+        self._circuit.ok()
+        self._retry_delay = RETRY_FIRST
+        if was_down and (self._ends or self._cancels):
+            self._arm_timer(0.0)
+
+    # -- reads
+
     def read_args(self, names: Sequence[str]) -> tuple[list[str], list[Any]]:
-        keys = [self._epoch_key, *self._vkeys(names), *self._wkeys(names)]
+        keys = [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
         args = [int(self.lease * 1000), fresh_version()]
         args.extend(fresh_version() for _ in names)
         return keys, args
@@ -293,13 +440,17 @@ class RedisVersions:
         return [int(v) for v in raw]
 
     def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
-        return self._lookup(self.client, None, names)[1]
+        return self._lookup(None, names)[1]
 
     def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
-        """The entry and the versions in one round trip (a pipeline on one server)."""
-        return self._lookup(entry_client, key, names)
+        """The entry and the versions in one round trip (a pipeline on one server).
 
-    def _lookup(self, client: Any, key: str | None, names: Sequence[str]) -> tuple[Any, Any]:
+        ``entry_client`` talks to the same server (see :meth:`same_server`);
+        the pipeline runs on this store's own client, with its timeouts.
+        """
+        return self._lookup(key, names)
+
+    def _lookup(self, key: str | None, names: Sequence[str]) -> tuple[Any, Any]:
         """One pipeline: this process's undelivered post-commit halves, the entry, the versions.
 
         Delivering the halves first means a process reads its own commits'
@@ -308,39 +459,54 @@ class RedisVersions:
         self._circuit.check()
         keys, args = self.read_args(names)
         if self._cluster:  # a cluster pipeline refuses scripts; these keys share one slot
-            if self._ends:
-                self._send(())
+            if self._ends or self._cancels:
+                try:
+                    self._send((), "")
+                except Unavailable:
+                    pass
             return None, self.parse(self._call(self._read, keys, args))
-        if key is None and not self._ends:  # one command: this thread's own connection
-            return None, self.parse(self._read_direct(keys, args))
+        if key is None and not self._ends and not self._cancels:
+            return None, self.parse(self._read_direct(keys, args))  # this thread's connection
         with self._ends_lock:
             ends, self._ends = self._ends, []
+            cancels, self._cancels = self._cancels, []
         try:
             try:
-                out = self._pipelined(client, key, keys, args, ends)
-            except NoScriptError:  # a restarted or flushed server: load the scripts again
-                self.client.script_load(_READ_LUA)
-                self.client.script_load(_WRITE_LUA)
-                out = self._pipelined(client, key, keys, args, ends)
-        except Exception:
+                out = self._pipelined(key, keys, args, ends, cancels)
+            except NoScriptError:  # a restarted or flushed server: EVAL loads them again
+                self._noscript = True
+                out = self._pipelined(key, keys, args, ends, cancels)
+        except Exception as err:
             with self._ends_lock:
                 self._ends[:0] = ends  # keep them for the next attempt
+                self._cancels[:0] = cancels
             self._circuit.failed()
-            raise
-        self._circuit.ok()
+            raise Unavailable(f"version store read failed: {err!r}") from err
+        self._ok()
         return (out[-2] if key is not None else None), self.parse(out[-1])
 
-    def _pipelined(self, client: Any, key: str | None, keys: list[str], args: list[Any],
-                   ends: list[str]) -> Any:  # fmt: skip
+    def _pipelined(self, key: str | None, keys: list[str], args: list[Any],
+                   ends: list[tuple[str, str]], cancels: list[tuple[str, str]]) -> Any:  # fmt: skip
         # EVALSHA directly: a Script object in a pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute()
-        pipe = client.pipeline(transaction=False)
-        if ends:
-            pipe.evalsha(self._write.sha, *self._write_args((), ends))
+        noscript = self._noscript
+        pipe = self.client.pipeline(transaction=False)
+        if ends or cancels:
+            wargs = self._write_args((), "", ends, cancels)
+            if noscript:
+                pipe.eval(_WRITE_LUA, *wargs)
+            else:
+                pipe.evalsha(self._write.sha, *wargs)
         if key is not None:
             pipe.get(key)
-        pipe.evalsha(self._read.sha, len(keys), *keys, *args)
-        return pipe.execute()
+        if noscript:
+            pipe.eval(_READ_LUA, len(keys), *keys, *args)
+        else:
+            pipe.evalsha(self._read.sha, len(keys), *keys, *args)
+        out = pipe.execute()
+        if noscript:
+            self._noscript = False
+        return out
 
     def same_server(self, other: Any) -> bool:
         try:
@@ -351,45 +517,68 @@ class RedisVersions:
         fields = ("host", "port", "db", "path", "username")
         return all(a.get(f) == b.get(f) for f in fields)
 
-    def _send(self, begin: Sequence[str]) -> None:
+    # -- writes
+
+    def _write_args(self, begin: Sequence[str], token: str, ends: Sequence[tuple[str, str]],
+                    cancels: Sequence[tuple[str, str]] = ()) -> list[Any]:  # fmt: skip
+        """EVAL(SHA) arguments of ``_WRITE_LUA`` after the script: numkeys, KEYS, ARGV."""
+        end_names = [n for n, _ in ends]
+        cancel_names = [n for n, _ in cancels]
+        keys = [*self._vkeys(begin), *self._mkeys(begin), self._deadkey(token),
+                *self._vkeys(end_names), *self._mkeys(end_names),
+                *self._mkeys(cancel_names), *(self._deadkey(t) for _, t in cancels)]  # fmt: skip
+        return [len(keys), *keys, int(self.in_flight_ttl * 1000), len(begin), len(ends),
+                len(cancels), token, *(t for _, t in ends), *(t for _, t in cancels)]  # fmt: skip
+
+    def _send(self, begin: Sequence[str], token: str) -> None:
+        """Send a write (and everything owed) and await it; raise Unavailable on failure."""
         if self._cluster:
             with self._ends_lock:
                 ends, self._ends = self._ends, []
-            numkeys, *rest = self._write_args(begin, ends)
+                cancels, self._cancels = self._cancels, []
+            numkeys, *rest = self._write_args(begin, token, ends, cancels)
             try:
                 self._call(self._write, rest[:numkeys], rest[numkeys:])
-            except Exception:
+            except Unavailable:
                 with self._ends_lock:
                     self._ends[:0] = ends
+                    self._cancels[:0] = cancels
                 raise
             return
-        ticket = self.begin_async(begin)
-        if not self.wait(ticket):
-            raise Unavailable(f"version store write failed: {ticket.error!r}")
-
-    def _write_args(self, begin: Sequence[str], ends: Sequence[str]) -> list[Any]:
-        """EVALSHA arguments of ``_WRITE_LUA`` after the sha: numkeys, KEYS, ARGV."""
-        keys = [*self._vkeys(begin), *self._wkeys(begin), *self._vkeys(ends), *self._wkeys(ends)]
-        return [len(keys), *keys, int(self.in_flight_ttl * 1000), len(begin), len(ends)]
-
-    # -- scripts on a connection each thread keeps, replies read in order
+        for _ in range(2):  # once more after NOSCRIPT (then with EVAL, which loads it)
+            ticket = self._begin(begin, token)
+            if self._wait_quiet(ticket):
+                return
+            if not isinstance(ticket.error, NoScriptError):
+                break
+        raise Unavailable(f"version store write failed: {ticket.error!r}")
 
     def _read_direct(self, keys: list[str], args: list[Any]) -> Any:
-        for _ in range(2):  # once more after NOSCRIPT
+        ticket = None
+        for _ in range(2):  # once more after NOSCRIPT (then with EVAL)
             ticket = self._send_script(self._read.sha, _READ_LUA, [len(keys), *keys, *args], [])
             if self.wait(ticket):
                 return ticket.reply
             if not isinstance(ticket.error, NoScriptError):
                 break
-        raise Unavailable(f"version store read failed: {ticket.error!r}")
+        raise Unavailable(f"version store read failed: {ticket.error!r}")  # type: ignore[union-attr]
 
-    def _send_script(self, sha: str, lua: str, args: list[Any], ends: list[str]) -> _Ticket:
-        ticket = _Ticket(ends, lua)
+    def _send_script(self, sha: str, lua: str, args: list[Any], ends: list[tuple[str, str]],
+                     names: Sequence[str] = (), token: str = "",
+                     cancels: list[tuple[str, str]] | None = None) -> _Ticket:  # fmt: skip
+        ticket = _Ticket(ends, lua, names, token, cancels)
         local = self._local
         try:
-            self._circuit.check()
+            self._circuit.check()  # refused: not a failure, nothing was sent
+        except Unavailable as err:
+            self._resolve(ticket, err)
+            return ticket
+        try:
             conn = self._thread_connection()
-            conn.send_command("EVALSHA", sha, *args)
+            if self._noscript:
+                conn.send_command("EVAL", lua, *args)
+            else:
+                conn.send_command("EVALSHA", sha, *args)
             ticket.conn = conn
             local.pending.append(ticket)
         except Exception as err:
@@ -397,24 +586,60 @@ class RedisVersions:
             self._resolve(ticket, err)
         return ticket
 
+    def _begin(self, names: Sequence[str], token: str) -> _Ticket:
+        with self._ends_lock:
+            ends, self._ends = self._ends, []
+            cancels, self._cancels = self._cancels, []
+        args = self._write_args(names, token, ends, cancels)
+        return self._send_script(self._write.sha, _WRITE_LUA, args, ends, names, token, cancels)
+
     def begin_async(self, names: Sequence[str]) -> _Ticket:
         """Send ``begin_write(names)`` now, read its reply later with :meth:`wait`.
 
         A writer sends it when it first writes a table, so the round trip
         overlaps its own statements and only its reply is awaited before the
-        commit. Replies on one thread's connection arrive in order. (A pooled
-        call would also cost a checkout, a parser and a release each time.)
+        commit. Replies on one thread's connection arrive in order. Never raises.
         """
-        with self._ends_lock:
-            ends, self._ends = self._ends, []
-        return self._send_script(self._write.sha, _WRITE_LUA, self._write_args(names, ends), ends)
+        token = secrets.token_hex(8)
+        self._remember(names, token)
+        return self._begin(names, token)
+
+    def _remember(self, names: Sequence[str], token: str) -> None:
+        """The mark token of ``names`` (this very tuple), for its ``end_write``."""
+        now = time.monotonic()
+        tokens = self._tokens
+        if len(tokens) > 256:  # never ended (a caller that gave up): forget, they expire
+            for k in [k for k, (_, _, t) in tokens.items() if now - t > self.in_flight_ttl]:
+                tokens.pop(k, None)
+        tokens[id(names)] = (names, token, now)
+
+    def _token_of(self, names: Sequence[str]) -> str:
+        found = self._tokens.pop(id(names), None)
+        if found is not None and found[0] is names:
+            return found[1]
+        return ""  # unknown: the end bumps; the mark (if any) expires with its TTL
 
     def wait(self, ticket: _Ticket) -> bool:
-        """Read replies until ``ticket``'s arrived; True if its script ran.
+        """Read replies until ``ticket``'s arrived; True if its script ran. Never raises.
 
         False also when asked from another thread than the one that sent it
         (its reply is on that thread's connection): the caller marks again.
+        Whenever a mark's fate is unknown, a cancel for it is queued.
         """
+        ok = self._wait_quiet(ticket)
+        if not ok and ticket.names and ticket.token:
+            self._tokens.pop(id(ticket.names), None)
+            self._queue(cancels=[(n, ticket.token) for n in ticket.names])
+        return ok
+
+    def _wait_quiet(self, ticket: _Ticket) -> bool:
+        try:
+            return self._wait(ticket)
+        except Exception as err:  # a bug guard: the commit path must not raise
+            self._fail_connection(err)
+            return False
+
+    def _wait(self, ticket: _Ticket) -> bool:
         local = self._local
         if not ticket.done and ticket.conn is not getattr(local, "conn", None):
             return False
@@ -422,16 +647,15 @@ class RedisVersions:
             try:
                 reply = local.conn.read_response()
             except NoScriptError as err:
-                failed = local.pending.popleft()
-                self.client.script_load(failed.lua)
-                self._resolve(failed, err)
+                self._noscript = True  # the next scripts go with EVAL, which loads them
+                self._resolve(local.pending.popleft(), err)
                 continue
             except Exception as err:
                 self._fail_connection(err)
                 break
             self._resolve(local.pending.popleft(), reply)
         if ticket.done and ticket.error is None:
-            self._circuit.ok()
+            self._ok()
             return True
         return False
 
@@ -440,35 +664,95 @@ class RedisVersions:
         ticket.reply = outcome
         if isinstance(outcome, BaseException):
             ticket.error = outcome
-            if ticket.ends:  # deliver them later
-                self._queue_ends(ticket.ends)
+            if ticket.ends or ticket.cancels:  # deliver them later
+                self._queue(ticket.ends, ticket.cancels)
 
     def _fail_connection(self, err: BaseException) -> None:
         """The thread's connection failed: every reply it owed is lost."""
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is not None:
-            conn.disconnect()
+            try:
+                conn.disconnect()
+            except Exception:
+                pass
         local.conn = None
-        for ticket in getattr(local, "pending", ()):
-            self._resolve(ticket, err)
+        pending = getattr(local, "pending", ())
         local.pending = collections.deque()
+        for ticket in pending:
+            self._resolve(ticket, err)
         self._circuit.failed()
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
-        self._send(names)
+        """Bump and mark ``names`` now and await it. Raises only :class:`Unavailable`."""
+        token = secrets.token_hex(8)
+        try:
+            self._remember(names, token)
+            self._send(names, token)
+        except Unavailable:
+            self._tokens.pop(id(names), None)
+            self._queue(cancels=[(n, token) for n in names])
+            raise
+        except Exception as err:  # a bug guard: the contract says Unavailable
+            self._circuit.failed()
+            self._tokens.pop(id(names), None)
+            self._queue(cancels=[(n, token) for n in names])
+            raise Unavailable(f"version store write failed: {err!r}") from err
+
+    def commit_wait_remaining(self) -> float:
+        """Seconds a commit that could not mark its tables must still wait (0: commit now).
+
+        ``lease`` after this process first saw the store fail in the current
+        outage: by then the epoch no process could renew has expired. 0 when
+        the store is healthy. Never raises.
+        """
+        began = self._circuit.outage_began
+        if began is None:
+            return 0.0
+        return max(0.0, began + self.lease - time.monotonic())
+
+    def mark_for_commit(self, names: Sequence[str], conn: Any = None) -> bool:
+        """The commit path's whole pre-commit step: True if ``names`` are marked.
+
+        Tries :meth:`begin_write`; while the store fails, retries (backing off,
+        at most 0.25 s apart, bypassing the cool-down) until
+        :meth:`commit_wait_remaining` is 0, then returns False: the caller
+        commits, queues a bump for the tables and bypasses them until it
+        lands. Never raises.
+        """
+        delay = 0.01
+        first = True
+        while True:
+            try:
+                if not first:
+                    self._circuit.down_until = 0.0  # a probe: the commit waits anyway
+                first = False
+                self.begin_write(names, conn)
+                return True
+            except Exception:
+                remaining = self.commit_wait_remaining()
+                if remaining <= 0:
+                    return False
+                time.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.25)
 
     def end_write(self, names: Sequence[str]) -> None:
-        """Send the post-commit half now without waiting for its reply.
+        """Send the post-commit half now without waiting for its reply. Never raises.
 
-        Until it lands the tables stay marked, so every reader bypasses them:
-        a late or lost end costs cache hits, never correctness. If it cannot
-        be sent, it is queued and rides on the next lookup or write, or a
-        short timer.
+        ``names`` must be the very tuple given to :meth:`begin_write` or
+        :meth:`begin_async`: it finds that mark's token. Until it lands the
+        tables stay marked, so every reader bypasses them: a late or lost end
+        costs cache hits, never correctness. If it cannot be sent, it is
+        queued and rides on the next lookup or write, or a backing-off timer.
         """
-        if not self._cluster and self._send_end(list(names)):
-            return
-        self._queue_ends(names)
+        try:
+            token = self._token_of(names)
+            ends = [(n, token) for n in names]
+            if not self._cluster and self._send_end(ends):
+                return
+            self._queue(ends)
+        except Exception:  # a bug guard: the contract says it never raises
+            self._queue([(n, "") for n in names])
 
     def _thread_connection(self) -> Any:
         """This thread's own connection (a new one after a fork: never share a socket)."""
@@ -480,58 +764,84 @@ class RedisVersions:
             local.pid = os.getpid()
         return conn
 
-    def _send_end(self, names: list[str]) -> bool:
+    def _send_end(self, ends: list[tuple[str, str]]) -> bool:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid() or self._circuit.down_until:
             return False
-        # on failure its names go back to the queue
-        ticket = self._send_script(self._write.sha, _WRITE_LUA, self._write_args((), names), names)
+        # on failure its ends go back to the queue
+        ticket = self._send_script(self._write.sha, _WRITE_LUA,
+                                   self._write_args((), "", ends), ends)  # fmt: skip
         if ticket.done:
-            return True  # failed at once; _resolve queued the names again
+            return True  # failed at once; _resolve queued them again
         if len(local.pending) > 64:  # replies owed pile up only if this thread never waits
             self.wait(local.pending[-1])
         return True
 
-    def _queue_ends(self, names: Sequence[str]) -> None:
+    def _queue(self, ends: Sequence[tuple[str, str]] = (),
+               cancels: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
         with self._ends_lock:
-            self._ends.extend(names)
-            if self._flush_timer is None:
-                self._flush_timer = threading.Timer(self.end_delay, self._flush)
-                self._flush_timer.daemon = True
-                self._flush_timer.start()
+            self._ends.extend(ends)
+            self._cancels.extend(cancels)
+        self._arm_timer(self._retry_delay)
+
+    def _arm_timer(self, delay: float) -> None:
+        with self._ends_lock:
+            if self._flush_timer is not None or self._stop.is_set():
+                return
+            self._flush_timer = threading.Timer(delay, self._flush)
+            self._flush_timer.daemon = True
+            self._flush_timer.start()
 
     def _flush(self) -> None:
         with self._ends_lock:
             self._flush_timer = None
-            if not self._ends:
+            if not self._ends and not self._cancels:
                 return
         try:
-            self._send(())
+            self._send((), "")
         except Exception:
-            with self._ends_lock:  # Redis away: try again later
-                if self._flush_timer is None:
-                    self._flush_timer = threading.Timer(max(self.end_delay, 0.5), self._flush)
-                    self._flush_timer.daemon = True
-                    self._flush_timer.start()
+            # Redis away: back off (capped); a success anywhere re-arms at once
+            self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_CAP)
+            self._arm_timer(self._retry_delay)
 
     def flush(self) -> None:
-        """Deliver queued post-commit halves now (raises if Redis is away)."""
+        """Deliver queued post-commit halves now (raises Unavailable if Redis is away)."""
         with self._ends_lock:
-            pending = bool(self._ends)
+            pending = bool(self._ends or self._cancels)
         if pending:
-            self._send(())
+            self._send((), "")
+
+    def owed(self) -> int:
+        """How many post-commit halves and cancels wait for delivery."""
+        return len(self._ends) + len(self._cancels)
 
     def bump(self, names: Sequence[str]) -> None:
-        self._call(self._bump, self._vkeys(names), [])
+        """Invalidate ``names`` now. Raises only :class:`Unavailable`."""
+        try:
+            self._call(self._bump, self._vkeys(names), [])
+        except Unavailable:
+            raise
+        except Exception as err:  # pragma: no cover - _call wraps everything
+            raise Unavailable(repr(err)) from err
+
+    def check_boot(self) -> bool:
+        """Run the boot check now; True if it found a new server (and reset the epoch)."""
+        return bool(self._call(self._boot, [self._epoch_key, self._boot_key],
+                               [int(self.lease * 1000), fresh_version(), 1]))  # fmt: skip
 
     def _beat(self) -> None:
         interval = self.lease / 3
         while not self._stop.wait(interval):
-            try:
-                self.client.pexpire(self._epoch_key, int(self.lease * 1000))
+            try:  # renews the epoch; a restarted server gets a fresh one
+                self._boot(keys=[self._epoch_key, self._boot_key],
+                           args=[int(self.lease * 1000), fresh_version(), 1])  # fmt: skip
             except Exception:
-                pass  # Redis away: the epoch is left to expire, by design
+                self._circuit.failed()  # Redis away: the epoch is left to expire, by design
+                continue
+            self._ok()
+            if self._ends or self._cancels:
+                self._arm_timer(0.0)
 
     def close(self) -> None:
         """Stop the heartbeat; deliver what this process still owes (best effort)."""
@@ -543,6 +853,9 @@ class RedisVersions:
                 self.wait(pending[-1])
         except Exception:
             pass  # unreachable: the marks expire with their TTL
+        timer = self._flush_timer
+        if timer is not None:
+            timer.cancel()
 
     def __repr__(self) -> str:
         kw = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
