@@ -274,6 +274,7 @@ class PeerPlugin:
                 entry.update(outcome="failed", phase="call",
                              longrepr="Traceback (most recent call last):\n"
                              "  File \"sqlalchemy/testing/assertsql.py\", line 0, in assert_\n"
+                             "    (a SQL assertion, relaxed by qc-peer)\n"
                              + self.relaxed[0] + "\n[relaxed by qc-peer; the test then passed]")  # fmt: skip
                 return
             if report.passed:

@@ -82,7 +82,7 @@ WIDE_FILES = [
     "test_cycles.py",
     "test_backref_mutations.py",
     "test_scoping.py",
-    "test_text.py",
+    "?test_text.py",  # ? : only in some versions (2.1)
     "test_bundle.py",
     "test_load_on_fks.py",
     "test_lockmode.py",
@@ -169,14 +169,16 @@ def resolve_files(tree: Path, names: list[str]) -> list[str]:
     """Paths under ``test/orm`` as they exist in this sdist."""
     out: list[str] = []
     for name in names:
-        choices = name.split("|")
+        optional = name.startswith("?")
+        choices = name.lstrip("?").split("|")
         for choice in choices:
             if (tree / "test" / "orm" / choice).exists():
                 if choice not in out:
                     out.append(choice)
                 break
         else:
-            raise HarnessError(f"no test/orm/{' or '.join(choices)} in {tree}")
+            if not optional:
+                raise HarnessError(f"no test/orm/{' or '.join(choices)} in {tree}")
     return out
 
 
@@ -271,6 +273,7 @@ _COUNT_FUNCS = {
 _COUNT_MESSAGES = re.compile(
     r"desired statement count|Additional SQL statements remain|Testing for compiled statement"
     r"|All statements are complete, but pending assertion rules remain"
+    r"|\[cached since|\[generated in|\[caching disabled"  # SQLAlchemy's statement log lines
     r"|Testing for exact statement|Adjusted function call count|exceeds the limit"
     r"|function call count|statements? (?:were|was) (?:expected|emitted)",
     re.I,
@@ -317,6 +320,8 @@ def classify(plain: dict[str, Any] | None, cached: dict[str, Any] | None) -> tup
         return "other", f"{plain['outcome']} plainly, {cached['outcome']} cached"
     if not text:
         return "other", f"{plain['outcome']} -> {cached['outcome']}: {cached.get('reason', '')}"
+    if cached.get("relaxed") and "[relaxed by qc-peer; the test then passed]" in text:
+        return "sql-count", cached["relaxed"][0] + " (relaxed; the test then passed)"
     frames, message = last_exception(text)
     first = message.splitlines()[0] if message else "(no message)"
     is_assert = message.startswith("AssertionError") or message.startswith("assert ")
