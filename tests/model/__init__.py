@@ -1,0 +1,1 @@
+"""An exhaustive model of the version protocol (see ARCHITECTURE.md, "Version protocol")."""
