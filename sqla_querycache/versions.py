@@ -736,6 +736,25 @@ class RedisVersions:
                 time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.25)
 
+    def settle_unmarked(self, names: Sequence[str]) -> bool:
+        """After a commit made without a mark (``mark_for_commit`` returned False).
+
+        Bumps ``names`` before the commit returns if the store answers (the
+        store may have come back while the commit ran, and readers may have
+        stored old rows under a fresh epoch meanwhile); otherwise the bump is
+        owed and delivered by this store as soon as it answers (timer,
+        heartbeat, next call). True if it landed now. Never raises.
+        """
+        self.end_write(tuple(names))
+        try:
+            self.flush()
+            pending = getattr(self._local, "pending", None)
+            if pending:
+                return self._wait_quiet(pending[-1]) and not self.owed()
+            return not self.owed()
+        except Exception:
+            return False
+
     def end_write(self, names: Sequence[str]) -> None:
         """Send the post-commit half now without waiting for its reply. Never raises.
 
