@@ -176,7 +176,7 @@ def invalidate(
     else:
         raise ConfigurationError("say what to invalidate: --tables, --region or --everything")
     # QueryCache fails open and retries later; a one-shot caller must know now
-    if not cache._failed_bumps.retry():
+    if not cache._writer.failed.retry():
         raise QueryCacheError(f"the version store {cache.versions!r} did not take the "
                               f"invalidation of {', '.join(done)}")  # fmt: skip
     return [{"invalidated": what} for what in done]

@@ -1,9 +1,11 @@
 """The only module that calls ``event.listen`` / ``event.remove``.
 
 Session-side hooks go on the class or sessionmaker given to ``install()``;
-connection-side hooks (every statement, commit, rollback, pool check-in) go
-on the ``Engine`` and ``Pool`` classes, because writes made outside any
-Session (Core, ``text()``, migrations) must invalidate too.
+connection-side hooks (every statement, commit, rollback, two-phase commit,
+pool check-in) go on the ``Engine`` and ``Pool`` classes, because writes made
+outside any Session (Core, ``text()``, migrations) must invalidate too. The
+listeners only route to the read path (:mod:`.readpath`) and the write path
+(:mod:`.writepath`); neither imports this module.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from sqlalchemy.pool import Pool
 
 from . import tracking
 from .exc import ConfigurationError
+from .readpath import is_select
 
 if TYPE_CHECKING:
-    from .cache import QueryCache
+    from .readpath import ReadPath
+    from .writepath import WritePath
 
 
 def _session_target(target: Any) -> Any:
@@ -44,13 +48,6 @@ def _session_target(target: Any) -> Any:
     )
 
 
-def _is_autocommit(conn: Any) -> bool:
-    check = getattr(conn, "_is_autocommit_isolation", None)
-    if check is not None:
-        return bool(check())
-    return conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
-
-
 class Installation:
     """The listeners one ``install()`` added; ``remove()`` takes them all away."""
 
@@ -68,31 +65,39 @@ class Installation:
                 event.remove(target, name, fn)
 
 
-def install(cache: QueryCache, target: Any) -> Installation:
+def _info(conn: Any) -> dict[str, Any] | None:
+    """``conn.info``, or None for a connection that is closed or invalidated."""
+    try:
+        return conn.info  # type: ignore[no-any-return]
+    except Exception:
+        return None
+
+
+def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     session_target = _session_target(target)
     inst = Installation()
-    key = cache._info_key
-
-    from .cache import is_select
+    key = writer.info_key
 
     def do_orm_execute(orm_state: Any) -> Any:
         if is_select(orm_state):
-            return cache._on_execute(orm_state)
+            return reader.on_execute(orm_state)
         return None
 
     def after_begin(session: Session, transaction: Any, connection: Any) -> None:
         tracker = session.info.get(key)
         if tracker is None:
             tracker = session.info[key] = tracking.SessionTracker()
-        ct = cache._conn_tracker(connection.info)
-        if ct not in tracker.conns:
-            tracker.conns.append(ct)
+        info = _info(connection)
+        if info is not None:
+            ct = writer.tracker(info)
+            if ct not in tracker.conns:
+                tracker.conns.append(ct)
 
     def after_commit(session: Session) -> None:
         tracker = session.info.get(key)
         if tracker is not None:
             for ct in tracker.conns:
-                cache._settle_tracker(ct)
+                writer.settle_tracker(ct)
 
     def after_transaction_end(session: Session, transaction: Any) -> None:
         if transaction.parent is None:
@@ -101,35 +106,42 @@ def install(cache: QueryCache, target: Any) -> Installation:
                 tracker.conns = []
 
     def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        if context is not None and context.execution_options.get("_qc_internal"):
-            return  # the sql version store's own statements
-        names = tracking.written_by(context, statement)
-        if names:
-            cache._on_write(conn, names, _is_autocommit(conn))
+        writer.on_statement(conn, context, statement)
 
     def after_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        ct = conn.info.get(key)
-        if ct is not None and ct.committing and _is_autocommit(conn):
-            cache._settle(conn.info)
+        writer.after_statement(conn)
 
     def handle_error(exception_context: Any) -> None:
         conn = exception_context.connection
-        if conn is not None and not conn.closed and _is_autocommit(conn):
-            cache._settle(conn.info)
+        if conn is not None and not conn.closed and not conn.invalidated:
+            writer.after_statement(conn)
 
     def on_commit(conn: Any) -> None:
-        cache._on_commit(conn)
+        writer.before_commit(conn)
+        info = _info(conn)
+        if info is not None:
+            writer.tracker(info).end_transaction()
 
     def on_rollback(conn: Any) -> None:
-        cache._on_rollback(conn.info)
+        info = _info(conn)
+        if info is not None:
+            writer.on_rollback(info)
 
     def on_begin(conn: Any) -> None:
-        cache._settle(conn.info)  # a Core commit() returned earlier; finish it now
+        info = _info(conn)
+        if info is not None:
+            writer.settle(info)  # a Core commit() returned earlier; finish it now
+            ct = info.get(key)
+            if ct is not None:
+                ct.end_transaction()
+
+    def on_commit_twophase(conn: Any, xid: Any, is_prepared: bool) -> None:
+        writer.settle(_info(conn))
 
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         if record is not None:
-            cache._settle(record.info)
-            cache._on_rollback(record.info)  # the pool's reset rolled back the rest
+            writer.settle(record.info)
+            writer.on_rollback(record.info)  # the pool's reset rolled back the rest
 
     inst.listen(session_target, "do_orm_execute", do_orm_execute)
     inst.listen(session_target, "after_begin", after_begin)
@@ -141,5 +153,6 @@ def install(cache: QueryCache, target: Any) -> Installation:
     inst.listen(Engine, "commit", on_commit)
     inst.listen(Engine, "rollback", on_rollback)
     inst.listen(Engine, "begin", on_begin)
+    inst.listen(Engine, "commit_twophase", on_commit_twophase)
     inst.listen(Pool, "checkin", on_checkin)
     return inst

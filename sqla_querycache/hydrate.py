@@ -331,6 +331,9 @@ def _fill_unloaded(obj: Any, lay: _Layout, values: Any) -> None:
     if filled:
         dict_.update((k, v) for k, v in zip(lay.cols, values) if k in unloaded)
         state._commit(dict_, filled)
+        refresh = lay.manager.dispatch.refresh
+        if refresh:  # as the ORM does when a query fills an expired object
+            refresh(state, None, set(filled))
 
 
 def _ref(value: Any, n: int) -> int:
@@ -457,22 +460,40 @@ class Shape:
 
     __slots__ = ("attributes", "flags", "metadata", "scalars", "unique")
 
-    def __init__(self, metadata: Any, attributes: Any, scalars: bool, unique: Any):
+    def __init__(self, metadata: Any, attributes: Any, scalars: bool, unique: Any,
+                 rowcount_mode: int = 0):  # fmt: skip
         self.metadata = metadata
         self.attributes = attributes
         self.scalars = scalars
         self.unique = unique
         filtered = bool(attributes.get("filtered", False)) if attributes else False
-        #: what another process needs to rebuild this shape (see derive_shape)
-        self.flags = [bool(scalars), filtered, unique is not None]
+        #: what another process needs to rebuild this shape (see derive_shape);
+        #: the 4th says how the driver counted rows (a Core statement's rowcount)
+        self.flags = [bool(scalars), filtered, unique is not None, rowcount_mode]
 
-    def result(self, data: Sequence[Any]) -> IteratorResult[Any]:
-        result: IteratorResult[Any] = IteratorResult(self.metadata, iter(data))
+    def result(self, data: Sequence[Any], rowcount: int | None = None) -> IteratorResult[Any]:
+        if rowcount is None:
+            result: IteratorResult[Any] = IteratorResult(self.metadata, iter(data))
+        else:  # what a CursorResult has beyond rows
+            result = CachedCursorResult(self.metadata, iter(data))
+            result._rowcount = rowcount
         result._attributes = self.attributes
         result._source_supports_scalars = self.scalars
         if self.unique is not None:
             result._unique_filter_state = (set(), self.unique)
         return result
+
+
+class CachedCursorResult(IteratorResult):  # type: ignore[type-arg]
+    """A hit of a Core statement: the attributes of the CursorResult it stands for."""
+
+    returns_rows = True
+    is_insert = False
+    _rowcount = -1
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
 
 
 def _require_unique(obj: Any) -> Any:
@@ -515,7 +536,9 @@ def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
     else:  # SQLAlchemy 2.0
         metadata = SimpleResultMetaData(labels, extra, _unique_filters=filters)  # type: ignore[call-arg]
     attributes = util_immutabledict({"filtered": filtered, "is_single_entity": scalars})
-    return Shape(metadata, attributes, scalars, _require_unique if unique_required else None)
+    rowcount_mode = flags[3] if len(flags) > 3 and type(flags[3]) is int else 0
+    return Shape(metadata, attributes, scalars, _require_unique if unique_required else None,
+                 rowcount_mode)  # fmt: skip
 
 
 def mapper_of(entity: Any) -> Mapper | None:

@@ -27,11 +27,8 @@ from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.selectable import TableClause, TextualSelect
 
 from . import codec
-from .tracking import table_name
-
-#: the pseudo-table a statement "reads" when its tables cannot be known
-#: (text(), from_statement(text())); every write bumps it
-ANY_TABLE = "@any"
+from .codec import Unencodable
+from .tracking import ANY_TABLE, table_name
 
 
 class Plan:
@@ -46,6 +43,7 @@ class Plan:
         "shape",
         "tables",
         "templates",
+        "uncacheable",
     )  # fmt: skip
 
     def __init__(self, digest: bytes, compiled: Any, tables: tuple[str, ...], mappers: Any):
@@ -59,6 +57,13 @@ class Plan:
         self.templates: dict[Any, Any] | None = None
         #: per region: the version names a lookup reads (tables + pseudo-tables)
         self.names: dict[str, tuple[str, ...]] = {}
+        #: why this statement shape is never cached (not a pure read), or None
+        self.uncacheable: str | None = None
+
+    @property
+    def reads_tables(self) -> bool:
+        """Does the statement read any table (a real one, or unknown ones)?"""
+        return any(not t.startswith("@") or t == ANY_TABLE for t in self.tables)
 
 
 V = TypeVar("V")
@@ -110,9 +115,10 @@ def _qualname(obj: Any) -> str:
 def _stable(obj: Any, out: list[str]) -> None:
     """Append a process-independent rendering of a SQLAlchemy cache key.
 
-    Objects whose identity is only an address (rare: user constructs) are
-    rendered with ``repr()``: the key then differs between processes (a
-    miss), but never collides with a different statement.
+    Objects rendered by ``repr()`` must not be identified by their address
+    alone (``<Foo object at 0x...>``): such a statement is not cacheable
+    (:class:`~.codec.Unencodable`), since an address means nothing in another
+    process and can be reused by another object in this one.
     """
     t = type(obj)
     if obj is None or t in (str, int, float, bool, bytes):
@@ -147,8 +153,21 @@ def _stable(obj: Any, out: list[str]) -> None:
         out.append(f"M{_qualname(obj.class_)}")
     elif isinstance(obj, TableClause):
         out.append(f"T{obj.fullname}" if isinstance(obj, Table) else f"t{obj.name}")
-    elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType)):
+    elif isinstance(obj, types.FunctionType):
+        # the same name may be two functions (closures, redefinitions): their
+        # code, defaults and closed-over values tell them apart
         out.append("F" + _qualname(obj))
+        _stable(obj.__code__, out)
+        _stable(obj.__defaults__, out)
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                cells.append(None)
+        _stable(tuple(cells), out)
+    elif isinstance(obj, types.BuiltinFunctionType):
+        out.append("B" + _qualname(obj))
     elif isinstance(obj, enum.Enum):
         out.append(f"E{_qualname(t)}.{obj.name}")
     elif isinstance(obj, (frozenset, set)):
@@ -159,7 +178,12 @@ def _stable(obj: Any, out: list[str]) -> None:
             parts.append("".join(sub))
         out.append("{" + ",".join(sorted(parts)) + "}")
     else:
-        out.append(f"R{_qualname(t)}:{obj!r}")
+        text = repr(obj)
+        if " at 0x" in text or " object at " in text:
+            # identified only by its address: two processes (or two objects
+            # at one address over time) would not agree on what it means
+            raise Unencodable(f"no stable identity for a {_qualname(t)} in the statement")
+        out.append(f"R{_qualname(t)}:{text}")
 
 
 def _option_pairs(obj: Any, found: dict[str, Any]) -> None:
@@ -258,6 +282,7 @@ def entry_key(
     params: Any,
     stmt_params: Any = None,
     options: Any = None,
+    scope: Any = None,
 ) -> str:
     """The cache key of one execution: the plan's digest plus its parameter values.
 
@@ -274,6 +299,8 @@ def entry_key(
         values.append(["e", sorted(params.items())])
     if options:
         values.append(["o", options])
+    if scope is not None:  # QueryCache(scope=...) / the cache_scope execution option
+        values.append(["s", scope])
     if values:
         h.update(codec.packb_key(values))
     # the region is in the key: two regions may share one Redis database
@@ -283,36 +310,36 @@ def entry_key(
 # ---------------------------------------------------------------- tables read
 
 
-def _relationship_tables(prop: RelationshipProperty, seen: set[Any], out: set[str]) -> None:
+def _relationship_tables(prop: RelationshipProperty, seen: set[Any], out: set[str], d: str | None) -> None:
     if prop in seen:
         return
     seen.add(prop)
     if prop.secondary is not None:
-        out.update(_tables_in(prop.secondary))
-    _mapper_tables(prop.mapper, seen, out)
+        out.update(_tables_in(prop.secondary, d))
+    _mapper_tables(prop.mapper, seen, out, d)
 
 
 _EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
 
 
-def _mapper_tables(mapper: Mapper, seen: set[Any], out: set[str]) -> None:
+def _mapper_tables(mapper: Mapper, seen: set[Any], out: set[str], d: str | None) -> None:
     """Tables of a mapper's whole hierarchy and of its default-eager relationships."""
     if mapper in seen:
         return
     seen.add(mapper)
     for m in mapper.base_mapper.self_and_descendants:
         for t in m.tables:
-            out.update(_tables_in(t))
+            out.update(_tables_in(t, d))
         for prop in m.relationships:
             if prop.lazy in _EAGER:
-                _relationship_tables(prop, seen, out)
+                _relationship_tables(prop, seen, out, d)
 
 
-def _tables_in(element: Any) -> set[str]:
+def _tables_in(element: Any, d: str | None = None) -> set[str]:
     found: set[str] = set()
     for node in visitors.iterate(element):
         if isinstance(node, TableClause):
-            found.add(table_name(node))
+            found.add(table_name(node, d))
         elif isinstance(node, (TextClause, TextualSelect)):
             found.add(ANY_TABLE)
     return found
@@ -328,24 +355,28 @@ def _option_relationships(options: Iterable[Any]) -> Iterable[RelationshipProper
                     yield elem
 
 
-def tables_read(compiled: Any, statement: Any) -> tuple[str, ...]:
-    """Every table a statement and its eager loaders read; conservative."""
+def tables_read(compiled: Any, statement: Any, default: str | None = None) -> tuple[str, ...]:
+    """The tables a statement and its eager loaders are expected to read.
+
+    A prediction, used as the first guess of what a lookup reads; what a
+    miss really read is observed (see :mod:`.readpath`) and learned.
+    """
     compile_state = getattr(compiled, "compile_state", None)
     core = getattr(compile_state, "statement", None)
-    out = _tables_in(core if core is not None else statement)
-    out |= _tables_in(statement)
+    out = _tables_in(core if core is not None else statement, default)
+    out |= _tables_in(statement, default)
     seen: set[Any] = set()
     for ent in getattr(compile_state, "_entities", ()) or ():
         mapper = getattr(ent, "mapper", None)
         if mapper is not None:
-            _mapper_tables(mapper, seen, out)
+            _mapper_tables(mapper, seen, out, default)
     for prop in _option_relationships(getattr(statement, "_with_options", ())):
-        _relationship_tables(prop, seen, out)
+        _relationship_tables(prop, seen, out, default)
     for desc in getattr(statement, "column_descriptions", ()) or ():
         entity = desc.get("entity") if isinstance(desc, dict) else None
         if entity is not None:
             insp = sa_inspect(entity, raiseerr=False)
             mapper = getattr(insp, "mapper", None)
             if mapper is not None:
-                _mapper_tables(mapper, seen, out)
+                _mapper_tables(mapper, seen, out, default)
     return tuple(sorted(out))

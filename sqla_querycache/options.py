@@ -16,6 +16,9 @@ from .exc import ConfigurationError
 REGION_OPTION = "cache_region"
 #: execution option overriding the expiration time (seconds) of an entry
 EXPIRATION_OPTION = "cache_expiration_time"
+#: execution option: what, beyond the bind, makes this connection's results
+#: differ (a tenant id set with SET on the connection, a role...): part of the key
+SCOPE_OPTION = "cache_scope"
 
 
 class FromCache(UserDefinedOption):

@@ -1,234 +1,277 @@
-"""Which tables a transaction wrote, and the per-transaction write state.
+"""What a statement reads and writes, and the per-connection transaction state.
 
-Writes are seen where they all pass: each statement sent on a connection
-(``before_cursor_execute``), so ORM flushes, bulk ORM statements, Core DML,
-``text()``, ``exec_driver_sql`` and DDL are classified in one place. What a
-statement writes is read from its compiled form when there is one, and
-otherwise parsed from its SQL conservatively: anything unrecognised writes
-``@all`` (every table).
+Everything the cache knows about the database's activity comes from the
+statements actually sent (``before_cursor_execute``): ORM flushes, loader
+post-queries, bulk statements, Core, ``text()``, ``exec_driver_sql``, DDL.
+Each SQL string is analysed once by a real SQL parser (:mod:`.sqlscan`),
+memoized per compiled statement (or per string), so the tables an entry
+depends on are *observed* from what ran, never predicted from the ORM
+statement; names are canonical (schema-qualified only outside the bind's
+default schema), so every spelling of a table is one name.
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.orm import Session
 from sqlalchemy.sql import visitors
-from sqlalchemy.sql.ddl import ExecutableDDLElement
-from sqlalchemy.sql.dml import UpdateBase
-from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.schema import Index, Table
+from sqlalchemy.sql.schema import MetaData, Table
 from sqlalchemy.sql.selectable import TableClause
+
+from . import sqlscan
 
 #: the pseudo-table every entry depends on; a write that cannot be
 #: attributed to tables bumps it
 ALL_TABLES = "@all"
+#: the pseudo-table a read depends on when its tables cannot all be named
+#: (unknown functions, unparseable SQL); every write bumps it
+ANY_TABLE = "@any"
 
 
-def table_name(table: Any) -> str:
-    """The version name of a table: its schema-qualified name, case-folded."""
-    if isinstance(table, Table):
-        return str(table.fullname).lower()
-    return str(getattr(table, "name", table)).lower()
+def default_schema(dialect: Any) -> str | None:
+    name = getattr(dialect, "default_schema_name", None)
+    if name is None and dialect.name == "sqlite":
+        return "main"
+    return name
 
 
-# ---------------------------------------------------------- compiled writes
+def table_name(table: Any, default: str | None = None) -> str:
+    """The version name of a table (``Table``, table clause or str), canonical."""
+    if isinstance(table, str):
+        schema, _, name = table.rpartition(".")
+        return sqlscan.canonical(name, schema or None, default)
+    schema = getattr(table, "schema", None)
+    return sqlscan.canonical(str(getattr(table, "name", table)), schema, default)
 
 
-def _dml_tables(stmt: UpdateBase) -> set[str]:
-    targets = [stmt.table, *(getattr(stmt, "_extra_froms", ()) or ())]  # multi-table forms
-    out: set[str] = set()
-    tables: list[Table] = []
-    for target in targets:
-        for t in visitors.iterate(target):
-            if isinstance(t, TableClause):
-                out.add(table_name(t))
-                if isinstance(t, Table):
-                    tables.append(t)
-    for t in tables:  # rows the database changes itself (ON DELETE / ON UPDATE actions)
-        out |= cascaded(out, t.metadata.tables.values())
+def name_variants(name: str) -> set[str]:
+    """A name as given and without its schema: every spelling another bind may use."""
+    out = {name}
+    if "." in name and not name.startswith("@"):
+        out.add(name.rpartition(".")[2])
     return out
 
 
-def _ddl_tables(stmt: ExecutableDDLElement) -> set[str]:
-    target = getattr(stmt, "element", None)
-    if isinstance(target, TableClause):
-        return {table_name(target)}
-    if isinstance(target, Index) and target.table is not None:
-        return {table_name(target.table)}
-    return {ALL_TABLES}
+# --------------------------------------------------------------- analysis
+
+#: compiled statement -> its analysis (SQLAlchemy caches compiled forms, so
+#: most executions are one dictionary lookup)
+_by_compiled: weakref.WeakKeyDictionary[Any, sqlscan.Analysis] = weakref.WeakKeyDictionary()
+_XID = re.compile(r"'((?:[^']|'')*)'")
 
 
-#: compiled statement -> the tables it writes (SQLAlchemy caches compiled
-#: statements, so most executions are a dictionary lookup here)
-_compiled_writes: weakref.WeakKeyDictionary[Any, frozenset[str] | None] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def written_by(context: Any, statement: str) -> frozenset[str] | None:
-    """Tables one cursor execution writes; ``None`` when it writes nothing."""
+def scan(conn: Any, context: Any, statement: str) -> sqlscan.Analysis:
+    """The analysis of one statement as the connection runs it."""
     compiled = getattr(context, "compiled", None)
-    if compiled is None:
-        return parse_sql_writes(statement)
-    try:
-        return _compiled_writes[compiled]
-    except KeyError:
-        pass
-    except TypeError:  # not weak-referenceable
-        return _classify(context, compiled, statement)
-    found = _compiled_writes[compiled] = _classify(context, compiled, statement)
-    return found
+    if compiled is not None and not context.execution_options.get("schema_translate_map"):
+        try:
+            return _by_compiled[compiled]
+        except KeyError:
+            pass
+        except TypeError:
+            compiled = None
+        found = _analyse(conn.dialect, statement)
+        _remember_metadata(compiled)
+        if compiled is not None:
+            _by_compiled[compiled] = found
+        return found
+    return _analyse(conn.dialect, statement)
 
 
-def _classify(context: Any, compiled: Any, statement: str) -> frozenset[str] | None:
+def _analyse(dialect: Any, statement: str) -> sqlscan.Analysis:
+    return sqlscan.analyze(statement, dialect.name, default_schema(dialect))
+
+
+def xid_of(statement: str) -> str:
+    m = _XID.search(statement)
+    return m.group(1) if m else ""
+
+
+def scan_sql(dialect: Any, sql: str) -> sqlscan.Analysis:
+    """The analysis of a SQL string compiled for ``dialect`` (planning a read)."""
+    return _analyse(dialect, sql)
+
+
+# --------------------------------------------------- recording what ran
+
+
+class Recorder:
+    """What the statements run during one cache miss read."""
+
+    __slots__ = ("impure", "parent", "reads", "wrote")
+
+    def __init__(self, parent: Recorder | None):
+        self.parent = parent
+        self.reads: set[str] = set()
+        self.impure: str | None = None
+        self.wrote = False
+
+    def add(self, found: sqlscan.Analysis) -> None:
+        rec: Recorder | None = self
+        while rec is not None:  # a miss inside a miss: the outer one read it too
+            rec.reads |= found.reads
+            if found.writes:
+                rec.wrote = True
+                rec.impure = rec.impure or "writes"
+            elif not found.pure and found.txn is None and found.isolation is None:
+                rec.impure = rec.impure or (found.reason or "not a pure read")
+            rec = rec.parent
+
+
+_recording: contextvars.ContextVar[Recorder | None] = contextvars.ContextVar(
+    "sqla_querycache_recording", default=None
+)
+
+
+def current_recorder() -> Recorder | None:
+    return _recording.get()
+
+
+def start_recording() -> tuple[Recorder, Any]:
+    rec = Recorder(_recording.get())
+    return rec, _recording.set(rec)
+
+
+def stop_recording(token: Any) -> None:
+    _recording.reset(token)
+
+
+# ------------------------------------------------- what a write changes
+
+_metadata: weakref.WeakSet[MetaData] = weakref.WeakSet()
+_fk_graph: dict[str, frozenset[str]] = {}
+_fk_signature: tuple[int, int] = (0, 0)
+_fk_lock = threading.Lock()
+
+
+def _remember_metadata(compiled: Any) -> None:
     element = getattr(compiled, "statement", None)
-    if element is None or isinstance(element, TextClause):
-        return parse_sql_writes(statement)
-    if isinstance(element, UpdateBase):
-        return frozenset(_dml_tables(element))
-    if isinstance(element, ExecutableDDLElement):
-        return frozenset(_ddl_tables(element))
-    if getattr(context, "isddl", False):
-        return frozenset({ALL_TABLES})
-    return None  # a compiled SELECT
+    if element is None:
+        return
+    try:
+        for node in visitors.iterate(element):
+            if isinstance(node, Table) and node.metadata not in _metadata:
+                _metadata.add(node.metadata)
+    except Exception:  # noqa: S110 - best effort: the catalog covers the database's own
+        pass
 
 
-# -------------------------------------------------------------- textual SQL
-
-_STRINGS = re.compile(r"'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/", re.S)
-_READ_ONLY_START = re.compile(
-    r"^\s*(select|show|explain|describe|desc|values|begin|start\s+transaction|commit|rollback"
-    r"|savepoint|release|set|pragma\s+\w+\s*(\(\s*\w*\s*\))?\s*;?\s*$)\b",
-    re.I,
-)
-_WRITE_WORDS = re.compile(
-    r"\b(insert|update|delete|merge|replace|upsert|truncate|create|drop|alter|rename|call|exec"
-    r"|execute|do|copy|load|grant|revoke|into|vacuum|reindex|lock|import|handler)\b",
-    re.I,
-)
-_NAME = r"((?:[`\"\[]?[\w$]+[`\"\]]?\s*\.\s*)?[`\"\[]?[\w$]+[`\"\]]?)"
-_TARGETS = [
-    re.compile(
-        r"^\s*insert\s+(?:or\s+\w+\s+|ignore\s+|low_priority\s+|delayed\s+|high_priority\s+)*"
-        r"into\s+" + _NAME + r"(?=[\s(]|$)",
-        re.I,
-    ),
-    re.compile(
-        r"^\s*replace\s+(?:low_priority\s+|delayed\s+)*into\s+" + _NAME + r"(?=[\s(]|$)", re.I
-    ),
-    re.compile(
-        r"^\s*update\s+(?:or\s+\w+\s+|only\s+|low_priority\s+|ignore\s+)*"
-        + _NAME
-        + r"\s+(?:as\s+\w+\s+|\w+\s+)?set\b",
-        re.I,
-    ),
-    re.compile(
-        r"^\s*delete\s+(?:low_priority\s+|quick\s+|ignore\s+)*from\s+(?:only\s+)?"
-        + _NAME
-        + r"(?:\s+(?:as\s+)?\w+)?\s*(?:where\b|returning\b|;|$)",
-        re.I,
-    ),
-    re.compile(
-        r"^\s*truncate\s+(?:table\s+)?(?:only\s+)?"
-        + _NAME
-        + r"\s*(?:restart\s+identity\s*|continue\s+identity\s*|cascade\s*|restrict\s*)*;?\s*$",
-        re.I,
-    ),
-    re.compile(r"^\s*alter\s+table\s+(?:if\s+exists\s+)?(?:only\s+)?" + _NAME, re.I),
-    re.compile(
-        r"^\s*drop\s+table\s+(?:if\s+exists\s+)?" + _NAME + r"\s*(?:cascade|restrict)?\s*;?\s*$",
-        re.I,
-    ),
-    re.compile(
-        r"^\s*create\s+(?:temporary\s+|temp\s+)?table\s+(?:if\s+not\s+exists\s+)?"
-        + _NAME
-        + r"\s*\(",
-        re.I,
-    ),
-    re.compile(r"^\s*(?:create|drop)\s+(?:unique\s+)?index\b.*?\bon\s+" + _NAME, re.I | re.S),
-]
+def remember_metadata(md: MetaData) -> None:
+    _metadata.add(md)
 
 
-def _clean_name(raw: str) -> str:
-    return re.sub(r"[`\"\[\]\s]", "", raw).lower()
+def _fk_actions() -> dict[str, frozenset[str]]:
+    """referenced table -> tables whose rows its writes change (declared FK actions)."""
+    global _fk_graph, _fk_signature
+    mds = list(_metadata)
+    sig = (len(mds), sum(len(md.tables) for md in mds))
+    if sig == _fk_signature:
+        return _fk_graph
+    with _fk_lock:
+        graph: dict[str, set[str]] = {}
+        for md in mds:
+            for t in md.tables.values():
+                for fk in t.foreign_keys:
+                    if fk.ondelete or fk.onupdate:
+                        try:
+                            parent = fk.column.table
+                        except Exception:  # noqa: S112 - unresolvable reference
+                            continue
+                        graph.setdefault(table_name(parent), set()).add(table_name(t))
+        _fk_graph = {k: frozenset(v) for k, v in graph.items()}
+        _fk_signature = sig
+    return _fk_graph
 
 
-def parse_sql_writes(sql: str) -> frozenset[str] | None:
-    """Tables a raw SQL string writes: ``None`` if it only reads, ``{"@all"}`` if unsure."""
-    body = _STRINGS.sub(" ", sql)
-    statements = [s for s in body.split(";") if s.strip()]
-    if not statements:
-        return None
-    out: set[str] = set()
-    for stmt in statements:
-        if _READ_ONLY_START.match(stmt) and not _WRITE_WORDS.search(stmt):
-            continue
-        for pattern in _TARGETS:
-            m = pattern.match(stmt)
-            if m:
-                out.add(_clean_name(m.group(1)))
-                break
-        else:
-            if _WRITE_WORDS.search(stmt) or not _READ_ONLY_START.match(stmt):
-                return frozenset({ALL_TABLES})
-    return frozenset(out) if out else None
-
-
-# ---------------------------------------------------------------- sessions
-
-
-def pending_tables(session: Session) -> set[str]:
-    """Tables the session's unflushed changes would write at autoflush."""
-    out: set[str] = set()
-    seen = set()
-    for states in (session._new.keys(), session.identity_map._modified, session._deleted.keys()):
-        for state in states:
-            mapper = state.mapper
-            if mapper in seen:
-                continue
-            seen.add(mapper)
-            out.update(table_name(t) for t in mapper.tables)
-            for rel in mapper.relationships:
-                if rel.secondary is not None:
-                    out.update(
-                        table_name(t)
-                        for t in visitors.iterate(rel.secondary)
-                        if isinstance(t, TableClause)
-                    )
+def cascaded(names: Iterable[str]) -> set[str]:
+    """``names`` plus every table changed through declared FK actions, transitively."""
+    out = set(names)
+    graph = _fk_actions()
+    if not graph:
+        return out
+    todo = [n for n in out if n in graph]
+    while todo:
+        for child in graph.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
     return out
 
 
-def cascaded(tables: Iterable[str], metadata_tables: Iterable[Table]) -> set[str]:
-    """Add tables whose rows the database itself changes (ON DELETE/UPDATE actions)."""
-    out = set(tables)
-    if not out:
-        return out
-    if ALL_TABLES in out:
-        return out
-    changed = True
-    all_tables = list(metadata_tables)
-    while changed:
-        changed = False
-        for t in all_tables:
-            name = table_name(t)
-            if name in out:
-                continue
-            for fk in t.foreign_keys:
-                if (fk.ondelete or fk.onupdate) and table_name(fk.column.table) in out:
-                    out.add(name)
-                    changed = True
-                    break
-    return out
+def write_closure(conn: Any, names: frozenset[str]) -> frozenset[str]:
+    """Every table whose contents a write of ``names`` changes, on this connection's database."""
+    out = cascaded(names)
+    try:
+        from . import catalog
+    except ImportError:  # pragma: no cover
+        return frozenset(out)
+    try:
+        out |= catalog.Catalog.for_engine(conn.engine).write_closure(out)
+    except Exception:
+        out.add(ALL_TABLES)
+    return frozenset(out)
+
+
+# ----------------------------------------------------------- connections
+
+
+def _driver_autocommit(dbapi_conn: Any) -> bool:
+    """Does the DBAPI connection commit every statement itself?"""
+    ac = getattr(dbapi_conn, "autocommit", None)
+    if isinstance(ac, bool):  # psycopg, psycopg2, sqlite3 (3.12), adapted asyncpg
+        return ac
+    get = getattr(dbapi_conn, "get_autocommit", None)  # PyMySQL, mysqlclient
+    if get is not None:
+        try:
+            return bool(get())
+        except Exception:
+            return False
+    if type(dbapi_conn).__module__.startswith("sqlite3"):
+        return getattr(dbapi_conn, "isolation_level", "") is None
+    return False
+
+
+def is_autocommit(conn: Any) -> bool:
+    """Does each statement on ``conn`` commit by itself (AUTOCOMMIT, or the driver's own)?"""
+    check = getattr(conn, "_is_autocommit_isolation", None)
+    if check is not None and check():
+        return True
+    if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return True
+    try:
+        dbapi_conn = conn.connection.dbapi_connection
+    except Exception:
+        return False
+    return dbapi_conn is not None and _driver_autocommit(dbapi_conn)
+
+
+def note_connection_state(ct: ConnTracker, found: sqlscan.Analysis) -> None:
+    if found.isolation is not None:
+        ct.isolation = found.isolation
+    if found.session_state:
+        ct.state_changed = True
 
 
 class ConnTracker:
-    """Write state of one DBAPI connection's current transaction."""
+    """The state of one DBAPI connection (lives in ``Connection.info``)."""
 
-    __slots__ = ("committing", "marked", "marks", "written")
+    __slots__ = (
+        "committing",
+        "explicit_begin",
+        "isolation",
+        "marked",
+        "marks",
+        "settle_after",
+        "state_changed",
+        "statements",
+        "text_txn",
+        "written",
+    )  # fmt: skip
 
     def __init__(self) -> None:
         self.written: set[str] = set()
@@ -239,6 +282,23 @@ class ConnTracker:
         #: tables whose commit began (versions bumped, marked in flight)
         #: and whose post-commit bump has not run yet
         self.committing: list[tuple[tuple[str, ...], bool]] = []
+        #: statements run in the current transaction (a snapshot may be held)
+        self.statements = 0
+        #: a textual BEGIN opened the current transaction
+        self.explicit_begin = False
+        #: a textual BEGIN on an autocommit connection: writes wait for COMMIT
+        self.text_txn = False
+        #: the isolation level set by SQL on this connection ("UNKNOWN" if unreadable)
+        self.isolation: str | None = None
+        #: SQL changed connection state that changes results (search_path, role, ...)
+        self.state_changed = False
+        #: the post-commit half runs after the current statement
+        self.settle_after = False
+
+    def end_transaction(self) -> None:
+        self.statements = 0
+        self.explicit_begin = False
+        self.text_txn = False
 
 
 class SessionTracker:

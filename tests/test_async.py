@@ -532,7 +532,7 @@ def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> N
     expected = [40, 41, 42]
     release = threading.Event()
     entered = threading.Event()
-    real_hold = aenv.cache._locks.hold
+    real_hold = aenv.cache._reader._locks.hold
     seen: list[tuple[str, str]] = []
 
     @contextmanager
@@ -561,7 +561,7 @@ def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> N
         except BaseException as err:
             holder_out["error"] = err
 
-    aenv.cache._locks.hold = hold  # type: ignore[method-assign]
+    aenv.cache._reader._locks.hold = hold  # type: ignore[method-assign]
     t = threading.Thread(target=holder, name="qc-holder", daemon=True)
     t.start()
     try:
@@ -580,7 +580,7 @@ def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> N
     finally:
         release.set()
         t.join(30)
-        aenv.cache._locks.hold = real_hold  # type: ignore[method-assign]
+        aenv.cache._reader._locks.hold = real_hold  # type: ignore[method-assign]
     assert elapsed < 10, f"async tasks waited {elapsed:.1f}s for another loop's lock"
     assert results == [expected] * 5
     assert "error" not in holder_out, holder_out.get("error")

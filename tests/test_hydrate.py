@@ -34,7 +34,7 @@ STATEMENTS = {
 
 
 def _plans(cache):
-    return list(cache._plans._data.values())
+    return list(cache._reader._plans._data.values())
 
 
 @pytest.mark.parametrize("name", sorted(STATEMENTS))

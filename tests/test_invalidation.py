@@ -21,7 +21,6 @@ from sqlalchemy.orm import (
 )
 
 from sqla_querycache import FromCache
-from sqla_querycache.tracking import ALL_TABLES, parse_sql_writes
 
 from .models import Category, Customer, Employee, Engineer, Order, OrderItem, Product, Tag
 
@@ -276,32 +275,6 @@ def test_manual_invalidation(engine, sql, cache):
     names(engine, PAGE)
     names(engine, hot)
     assert sql.since(mark) == 2
-
-
-@pytest.mark.parametrize(
-    "statement, expected",
-    [
-        ("SELECT * FROM product", None),
-        ("select 1; select 2", None),
-        ("INSERT INTO product (id) VALUES (1)", {"product"}),
-        ("insert or replace into \"Product\" values (1)", {"product"}),
-        ("UPDATE public.product SET name = 'x; DROP TABLE y' WHERE id = 1", {"public.product"}),
-        ("DELETE FROM `orders` WHERE id = 3", {"orders"}),
-        ("TRUNCATE TABLE customer", {"customer"}),
-        ("ALTER TABLE product ADD COLUMN x INT", {"product"}),
-        ("DROP TABLE IF EXISTS product", {"product"}),
-        ("UPDATE product p JOIN category c ON c.id = p.category_id SET p.name = c.name", {ALL_TABLES}),
-        ("DELETE p, c FROM product p JOIN category c", {ALL_TABLES}),
-        ("CALL refresh_everything()", {ALL_TABLES}),
-        ("SELECT nextval('s'); UPDATE customer SET name = 'x'", {"customer"}),
-        ("WITH d AS (DELETE FROM product RETURNING id) SELECT * FROM d", {ALL_TABLES}),
-        ("SELECT * INTO backup FROM product", {ALL_TABLES}),
-        ("/* UPDATE x */ SELECT 'insert into y'", None),
-    ],
-)
-def test_sql_write_parser(statement, expected):
-    assert parse_sql_writes(statement) == expected
-
 
 
 class _NodeBase(DeclarativeBase):

@@ -175,11 +175,11 @@ def test_writer_bypasses_its_tables_until_the_bump_lands(engine, server, two_pro
     page(wmaker)
     server.kill()
     rename(wmaker, "pending")
-    assert writer._failed_bumps  # remembered
+    assert writer._writer.failed  # remembered
     server.start()
     time.sleep(0.3)
     assert "pending" in page(wmaker)
-    assert not writer._failed_bumps  # retried and delivered before the read used the cache
+    assert not writer._writer.failed  # retried and delivered before the read used the cache
 
 
 def test_restart_from_an_old_snapshot_never_resurrects_entries(engine, server):

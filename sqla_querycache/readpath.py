@@ -1,0 +1,715 @@
+"""The read path: one cacheable SELECT from ``do_orm_execute`` to a Result.
+
+1. Let every ``do_orm_execute`` hook registered after ours run first, so the
+   statement keyed is the one that would execute (:meth:`ReadPath.on_execute`).
+2. Plan the statement shape once (:meth:`ReadPath.plan`): compile it for the
+   bind, analyse the SQL (pure read? which tables?), digest the static key.
+3. Autoflush as the uncached query would, then apply the connection's rules
+   (read-your-writes, snapshots, changed connection state).
+4. Look up the entry and the current versions of every table the plan reads
+   in one round trip; a hit requires the entry's versions to equal them.
+5. On a miss run the query while recording every statement it sends
+   (:class:`~.tracking.Recorder`): the entry depends on what ran. If a
+   statement read a table the lookup did not version, or was not a pure
+   read, nothing is stored and the plan learns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+from sqlalchemy.engine import Connection, CursorResult, Engine, IteratorResult
+from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.context import FromStatement
+from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.selectable import Select
+
+from . import codec, keys, tracking
+from .codec import Unencodable
+from .hydrate import MapperSet, NeedsLocalLoad, NotStorable, Shape, dehydrate, derive_shape, hydrate
+from .options import EXPIRATION_OPTION, REGION_OPTION, SCOPE_OPTION, FromCache, NoCache
+from .regions import RegionStore, now
+from .tracking import ALL_TABLES, ANY_TABLE
+
+if TYPE_CHECKING:
+    from .cache import QueryCache
+
+log = logging.getLogger("sqla_querycache")
+
+_READ_COMMITTED = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
+_SKIP_OPTIONS = ("yield_per", "stream_results", "populate_existing", "max_row_buffer")
+
+try:  # greenlet-spawned code (AsyncSession) must not block its event loop's thread
+    import greenlet  # noqa: F401
+    from sqlalchemy.util.concurrency import in_greenlet as _in_greenlet
+except ImportError:  # no greenlet, no AsyncSession
+
+    def _in_greenlet() -> bool:
+        return False
+
+
+class _KeyLocks:
+    """One lock per cache key being computed, so concurrent misses query once."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, list[Any]] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def hold(self, key: str, timeout: float) -> Iterator[tuple[bool, bool]]:
+        """Yield (acquired, waited): waited means another miss held the key first."""
+        with self._guard:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.Lock(), 0]
+            entry[1] += 1
+        lock = entry[0]
+        waited = False
+        acquired = lock.acquire(blocking=False)
+        # a greenlet (AsyncSession) must not block the event loop's thread
+        if not acquired and not _in_greenlet():
+            waited = True
+            acquired = lock.acquire(timeout=timeout)
+        try:
+            yield acquired, waited
+        finally:
+            if acquired:
+                entry[0].release()
+            with self._guard:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._locks[key]
+
+
+class _Skip(Exception):
+    """Not cached: (counter, reason)."""
+
+
+class ReadPath:
+    def __init__(self, cache: QueryCache):
+        self.cache = cache
+        self.info_key = cache._info_key
+        self._plans: keys.LRU[keys.Plan] = keys.LRU(cache._plan_memo_size)
+        self._mapper_sets: dict[Any, MapperSet] = {}
+        self._bind_ids: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
+        self._locks = _KeyLocks()
+        self.memo: keys.LRU[Entry] = keys.LRU(cache._memo_size)
+
+    # -------------------------------------------------------------- entry
+
+    def on_execute(self, orm_state: ORMExecuteState) -> Any:
+        """``do_orm_execute`` for a SELECT: a Result, or None to let the ORM run it."""
+        if orm_state.is_relationship_load or orm_state.is_column_load:
+            return None  # part of a load we cache whole, or a refresh
+        later = _remaining_hooks(orm_state)
+        if later:
+            # hooks registered after ours may still change the statement (loader
+            # criteria, tenants): run them now, so that what we key is final
+            for fn in later:
+                orm_state._starting_event_idx += 1
+                result = fn(orm_state)
+                if result:
+                    return result
+        result = self._cached(orm_state)
+        if result is None and later:  # they ran already: run the statement ourselves
+            return orm_state.invoke_statement()
+        return result
+
+    def _cached(self, orm_state: ORMExecuteState) -> Any:
+        cache = self.cache
+        stats = cache._stats
+        region_name, ttl, tagged = self._region_for(orm_state)
+        if region_name is None or not cache.enabled:
+            return None
+        region = cache._region(region_name)  # an unknown name is a configuration error
+        if not _cacheable(orm_state):
+            stats.incr(region_name, "uncacheable")
+            return None
+        session = orm_state.session
+        try:
+            statement: Any = orm_state.statement
+            cache_key = statement._generate_cache_key()
+            if cache_key is None:
+                stats.incr(region_name, "uncacheable")
+                return None
+            bind = session.get_bind(**orm_state.bind_arguments)
+            plan = self.plan(orm_state, cache_key, bind)
+            if plan.uncacheable is not None or (not tagged and not plan.reads_tables):
+                # a statement that reads no table is cached only when tagged itself
+                stats.incr(region_name, "uncacheable")
+                return None
+            key = keys.entry_key(
+                cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
+                getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
+                self._scope(orm_state),
+            )  # fmt: skip
+        except Unencodable:
+            stats.incr(region_name, "uncacheable")
+            return None
+        except Exception as err:  # never our exception in the user's query
+            cache._warn_once(("key", type(err)), "cannot key a statement: %r", err)
+            stats.incr(region_name, "errors")
+            return None
+
+        if getattr(_load_options(orm_state), "_autoflush", True):
+            session._autoflush()  # as the uncached query would; its errors are the user's
+        if not self._may_use(session, bind, plan, region_name):
+            return None
+        names = plan.names.get(region_name)
+        if names is None:
+            names = plan.names[region_name] = (*plan.tables, ALL_TABLES, f"@region:{region_name}")
+        failed = cache._writer.failed
+        if failed and failed.blocks(names):
+            stats.incr(region_name, "bypassed")
+            return None
+
+        ttl = ttl if ttl is not None else region.expiration_time
+        run_bind = bind if type(session).get_bind is Session.get_bind else None
+        result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
+        if result is not None:
+            return result
+        if versions is None:  # tables in flight, or the version store is down
+            stats.incr(region_name, "bypassed")
+            return None
+        stats.incr(region_name, "misses")
+        with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
+            mutex = region.mutex(key) if locked else None
+            if mutex is not None:
+                mutex.acquire()
+            try:
+                if waited or mutex is not None:  # someone may have stored it meanwhile
+                    result, versions = self._lookup(
+                        orm_state, region, key, names, plan, ttl, second=True
+                    )
+                    if result is not None:
+                        return result
+                    if versions is None:
+                        return None
+                return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind)
+            finally:
+                if mutex is not None:
+                    try:
+                        mutex.release()
+                    except Exception as err:
+                        cache._warn_once(("mutex", type(err)), "cache mutex release: %r", err)
+
+    # ------------------------------------------------------------- choice
+
+    def _region_for(self, orm_state: ORMExecuteState) -> tuple[str | None, float | None, bool]:
+        """(region, ttl, tagged): tagged means the statement itself asked to be cached."""
+        region = ttl = None
+        for opt in orm_state.user_defined_options:
+            if isinstance(opt, NoCache):
+                return None, None, False
+            if isinstance(opt, FromCache) and region is None:
+                region, ttl = opt.region, opt.expiration_time
+        if region is not None:
+            return region, ttl, True
+        stmt_opts = orm_state.statement._execution_options
+        local = orm_state.local_execution_options
+        tagged = True
+        if REGION_OPTION in stmt_opts:
+            region = stmt_opts[REGION_OPTION]
+        elif REGION_OPTION in local:
+            region = local[REGION_OPTION]
+        else:
+            tagged = False
+            region = orm_state.session.info.get(REGION_OPTION)
+            if region is None:  # Session(execution_options=...) (SQLAlchemy 2.1)
+                region = orm_state.execution_options.get(REGION_OPTION)
+        if region is None:
+            return None, None, False
+        return region, orm_state.execution_options.get(EXPIRATION_OPTION), tagged
+
+    def _scope(self, orm_state: ORMExecuteState) -> Any:
+        scope = orm_state.execution_options.get(SCOPE_OPTION)
+        if scope is None and self.cache.scope is not None:
+            scope = self.cache.scope()
+        return scope
+
+    # --------------------------------------------------------------- plan
+
+    def plan(self, orm_state: ORMExecuteState, cache_key: Any, bind: Any) -> keys.Plan:
+        engine = bind.engine
+        engine_id = self._bind_ids.get(engine)
+        if engine_id is None:
+            # an engine made by execution_options() carries its own schema map
+            engine_id = keys.bind_identity(keys.engine_identity(engine), engine, {})
+            self._bind_ids[engine] = engine_id
+        opts = orm_state.execution_options
+        bind_id = engine_id
+        if bind is not engine or "schema_translate_map" in opts or "identity_token" in opts:
+            bind_id = keys.bind_identity(engine_id, bind, opts)
+        load_options = _load_options(orm_state)
+        shape_opts = (  # legacy Query options that change the rows' shape, not the SQL
+            bool(getattr(load_options, "_only_return_tuples", False)),
+            bool(getattr(load_options, "_legacy_uniquing", False)),
+        )
+        memo_key = (cache_key.key, bind_id, shape_opts)
+        plan = self._plans.get(memo_key)
+        if plan is not None:
+            return plan
+        stmt: Any = orm_state.statement
+        if engine.dialect.server_version_info is None:
+            # compiling before the first connect would memoize type decisions
+            # for a server the dialect has not seen yet (MariaDB's UUID, ...)
+            with engine.connect():
+                pass
+        dialect = engine.dialect
+        stm = opts.get("schema_translate_map") or bind.get_execution_options().get(
+            "schema_translate_map"
+        )
+        compiled = stmt.compile(bind=engine)
+        sql = str(compiled)
+        if stm:  # the names as they will run
+            sql = str(stmt.compile(bind=engine, schema_translate_map=stm,
+                                   render_schema_translate=True))  # fmt: skip
+        found = tracking.scan_sql(dialect, sql)
+        default = tracking.default_schema(dialect)
+        tables = set(found.reads)
+        # the loaders' tables, predicted: a first guess the misses correct
+        tables.update(t for t in keys.tables_read(compiled, stmt, default) if t != ANY_TABLE)
+        tables.discard(ALL_TABLES)
+        try:
+            from . import catalog
+
+            tables = set(catalog.Catalog.for_engine(engine).read_closure(tables))
+        except ImportError:  # pragma: no cover
+            pass
+        except Exception:
+            tables.add(ANY_TABLE)
+        roots = []
+        for ent in getattr(compiled.compile_state, "_entities", ()) or ():
+            m = getattr(ent, "mapper", None) or getattr(ent, "entity_zero", None)
+            m = getattr(m, "mapper", m)
+            if m is not None and hasattr(m, "base_mapper"):
+                roots.append(m)
+        mappers = self._mapper_set(roots)
+        codec.register_enums_of(c.type for c in getattr(stmt, "selected_columns", ()))
+        digest = keys.make_digest(
+            self.cache.namespace,
+            str(codec.FORMAT_VERSION),
+            bind_id,
+            str(compiled),
+            keys.stable_repr(cache_key.key),
+            mappers.fingerprint,
+            repr(shape_opts),
+        )
+        plan = keys.Plan(digest, compiled, tuple(sorted(tables)), mappers)
+        if not found.pure:
+            plan.uncacheable = found.reason or "not a pure read"
+        self._plans.put(memo_key, plan)
+        return plan
+
+    def _mapper_set(self, roots: list[Any]) -> MapperSet:
+        k = tuple(sorted(id(r) for r in roots))
+        ms = self._mapper_sets.get(k)
+        if ms is None:
+            ms = self._mapper_sets[k] = MapperSet(roots)
+        return ms
+
+    # ------------------------------------------------- connection's rules
+
+    def _may_use(self, session: Session, bind: Any, plan: keys.Plan, region: str) -> bool:
+        """Read-your-writes, snapshot and connection-state rules, at the connection."""
+        stats = self.cache._stats
+        key = self.info_key
+        conn = _connection_for(session, bind)
+        tracker = session.info.get(key)
+        written = tracker.written() if tracker is not None else set()
+        ct = None
+        if conn is not None:
+            try:
+                ct = conn.info.get(key)
+            except Exception:  # an invalidated connection: the query will tell the user
+                return False
+            if ct is not None:
+                written = written | ct.written
+                for names, _ in ct.committing:
+                    written.update(names)
+        if written:
+            read = plan.tables
+            if ALL_TABLES in written or ANY_TABLE in read or not written.isdisjoint(read):
+                stats.incr(region, "bypassed")
+                for name in written.intersection(read):
+                    stats.table(name, "bypassed")
+                return False
+        if ct is not None and (ct.state_changed and self.cache.scope is None):
+            stats.incr(region, "bypassed")  # SET search_path / role ...: results may differ
+            return False
+        if conn is not None and _holds_snapshot(conn, ct):
+            stats.incr(region, "bypassed")
+            return False
+        return True
+
+    # ------------------------------------------------------------- lookup
+
+    def _lookup(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        plan: keys.Plan,
+        ttl: float | None,
+        second: bool = False,
+    ) -> tuple[Any, list[int] | None]:
+        """(result or None, current versions or None if unusable).
+
+        An entry this process decoded before is kept decoded (``self.memo``);
+        then only the versions are read. It is valid under exactly the same
+        rule as the stored one: its versions equal the current ones.
+        """
+        cache = self.cache
+        memo_key = (region.name, key)
+        entry = None if second else self.memo.get(memo_key)
+        try:
+            if entry is not None:
+                raw, versions = None, self._read_versions(names, orm_state)
+            else:
+                raw, versions = self._fetch(region, key, names, orm_state)
+        except Exception as err:
+            cache._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
+                             region.name, err)  # fmt: skip
+            cache._stats.incr(region.name, "errors")
+            return None, None
+        if versions is None:
+            return None, None
+        try:
+            if entry is None:
+                if raw is None:
+                    return None, versions
+                entry = Entry.decode(raw, key)
+                self.memo.put(memo_key, entry)
+            if not entry.matches(names, versions):
+                if not entry.covered_by(names):
+                    # recorded with a dependency this lookup did not read: learn it
+                    self._learn(plan, entry.names)
+                self.memo.pop(memo_key)
+                return None, versions  # stale: a table was written since
+            if ttl is not None and now() - entry.created > ttl:
+                return None, versions
+            flags = entry.flags
+            shape = plan.shape or plan.derived.get(tuple(flags))
+            if shape is None:
+                shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
+            options: Any = orm_state.statement._with_options
+            load_options = tuple(opt for opt in options if opt.propagate_to_loaders)
+            data = hydrate(orm_state.session, plan.mappers, entry.payload(), plan.templates,
+                           load_options, shape)  # fmt: skip
+        except NeedsLocalLoad:
+            # objects need loader state only a load in this process can give
+            # (raiseload, load_only(raiseload=True), aliased paths): run it once
+            return None, versions
+        except Exception as err:  # corrupt, foreign or mismatched: a miss
+            self.memo.pop(memo_key)
+            if not second:  # the same entry, read again under the lock, counts once
+                cache._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
+                                 region.name, err)  # fmt: skip
+                cache._stats.incr(region.name, "corrupt")
+            return None, versions
+        cache._stats.incr(region.name, "hits")
+        return shape.result(data, entry.rowcount(len(data))), versions
+
+    def _learn(self, plan: keys.Plan, seen: Any) -> None:
+        """Widen what the plan's lookups read (its next miss can then be stored)."""
+        tables = set(plan.tables)
+        tables.update(n for n in seen if n != ALL_TABLES and not n.startswith("@region:"))
+        if tables != set(plan.tables):
+            plan.tables = tuple(sorted(tables))
+            plan.names = {}
+
+    def _read_versions(self, names: tuple[str, ...], orm_state: Any) -> list[int] | None:
+        store = self.cache.versions
+        if getattr(store, "needs_bind", False):
+            return store.read(names, orm_state.session.get_bind(**orm_state.bind_arguments))
+        return store.read(names)
+
+    def _fetch(
+        self, region: RegionStore, key: str, names: tuple[str, ...], orm_state: Any
+    ) -> tuple[bytes | None, list[int] | None]:
+        """The entry and the current versions; one round trip when both live in one Redis."""
+        store = self.cache.versions
+        if region.combined is None:
+            same = getattr(store, "same_server", None)
+            region.combined = bool(region.redis is not None and same and same(region.redis))
+        if region.combined:
+            raw, versions = store.read_with_entry(region.redis, key, names)  # type: ignore[attr-defined]
+            return raw, versions
+        return region.get(key), self._read_versions(names, orm_state)
+
+    # --------------------------------------------------------------- miss
+
+    def _miss(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        versions: list[int],
+        plan: keys.Plan,
+        ttl: float | None,
+        bind: Any,
+    ) -> Any:
+        cache = self.cache
+        stats = cache._stats
+        session = orm_state.session
+        idmap = session.identity_map
+        preexisting = set(idmap.keys()) if len(idmap) else None
+        rec, token = tracking.start_recording()
+        try:
+            # the user's query: its errors propagate
+            if bind is not None:
+                result = orm_state.invoke_statement(bind_arguments={"bind": bind})
+            else:
+                result = orm_state.invoke_statement()
+            rowcount = result.rowcount if isinstance(result, CursorResult) else None
+            unique = result._unique_filter_state
+            result._unique_filter_state = None
+            frozen = result.freeze()
+        finally:
+            tracking.stop_recording(token)
+        shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
+                      unique[1] if unique else None, _rowcount_mode(rowcount, frozen.data))  # fmt: skip
+        plan.shape = shape
+        out = shape.result(frozen.data, rowcount)
+        if rec.impure is not None:  # a statement of this load was not a pure read
+            plan.uncacheable = rec.impure
+            stats.incr(region.name, "uncacheable")
+            return out
+        observed = rec.reads - {ALL_TABLES}
+        if not observed.issubset(names):
+            # it read tables whose versions were not read before it ran: not
+            # storable now (I2); the next lookup reads them too
+            self._learn(plan, observed)
+            stats.incr(region.name, "not_stored")
+            return out
+        try:
+            templates: dict[Any, Any] = {}
+            payload = dehydrate(frozen.data, shape.scalars, preexisting, templates)
+            if templates:
+                plan.templates = {**(plan.templates or {}), **templates}
+            flags = shape.flags
+            created = now()
+            blob = codec.packb(
+                [codec.FORMAT_VERSION, key, created, list(names), versions, flags, payload]
+            )
+        except (NotStorable, Unencodable) as err:
+            log.debug("not storing %s: %s", key, err)
+            stats.incr(region.name, "not_stored")
+            return out
+        except Exception as err:
+            cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
+            stats.incr(region.name, "errors")
+            return out
+        if len(blob) > cache.max_entry_bytes:
+            stats.incr(region.name, "too_large")
+            return out
+        try:
+            region.set(key, blob, ttl)
+            stats.incr(region.name, "stores")
+            # the payload we just built holds the live objects' values: keep it
+            # decoded only if none of them can change in place
+            kept = None if _has_mutable(payload) else payload
+            self.memo.put((region.name, key), Entry(created, names, versions, flags, blob, kept))
+        except Exception as err:
+            cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
+                             region.name, err)  # fmt: skip
+            stats.incr(region.name, "errors")
+        return out
+
+
+# -------------------------------------------------------------- helpers
+
+
+def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
+    """``do_orm_execute`` listeners after ours (``ORMExecuteState._remaining_events``,
+    SQLAlchemy 2.0 and 2.1; ``tests/test_final_statement.py`` guards it)."""
+    try:
+        return orm_state._remaining_events()
+    except Exception:
+        return []
+
+
+def _rowcount_mode(rowcount: int | None, data: Any) -> int:
+    """How the driver reported a SELECT's rowcount: 0 absent, 1 the row count, 2 -1."""
+    if rowcount is None:
+        return 0
+    if rowcount == -1:
+        return 2
+    return 1 if rowcount == len(data) else 0
+
+
+def _connection_for(session: Session, bind: Any) -> Connection | None:
+    """The connection this session's query will run on, if it already has one.
+
+    A session bound to a Connection runs on it; otherwise the session's
+    transaction may already hold one for the bind (``SessionTransaction.
+    _connections``, SQLAlchemy 2.0 and 2.1). None: a fresh pooled
+    connection, with no transaction of its own yet.
+    """
+    if isinstance(bind, Connection):
+        return bind
+    trans = session._transaction
+    if trans is None:
+        return None
+    entry = trans._connections.get(bind.engine) or trans._connections.get(bind)
+    return entry[0] if entry is not None else None
+
+
+def _holds_snapshot(conn: Connection, ct: Any) -> bool:
+    """May the connection's open transaction hold a snapshot older than now (I3)?
+
+    A transaction that has run nothing yet takes its snapshot at this query,
+    after the versions were read: safe. Otherwise it is safe only under READ
+    COMMITTED (or autocommit); when the level is unknown, it is not.
+    """
+    if ct is None or not ct.statements:
+        return False
+    try:
+        if not conn.in_transaction() or tracking.is_autocommit(conn):
+            return False
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens its transaction at the first write, holding the
+            # write lock from then on: nobody commits under us unless a BEGIN
+            # sent by hand started it with a read
+            return ct.explicit_begin
+        level = ct.isolation or conn.get_execution_options().get("isolation_level")
+        if level is None:
+            level = _dbapi_isolation(conn)
+    except Exception:
+        return True
+    return str(level).upper() not in _READ_COMMITTED
+
+
+def _dbapi_isolation(conn: Connection) -> str:
+    """The isolation level the DBAPI connection really has (asked once per connection)."""
+    info = conn.info
+    level = info.get("_sqla_querycache_isolation")
+    if level is None:
+        dbapi_conn = conn.connection.dbapi_connection
+        level = info["_sqla_querycache_isolation"] = str(
+            conn.dialect.get_isolation_level(dbapi_conn)
+        ).upper()
+    return level
+
+
+def _load_options(orm_state: ORMExecuteState) -> Any:
+    """``orm_state.load_options``, which SQLAlchemy refuses for from_statement(text())."""
+    if orm_state.is_select:
+        return orm_state.load_options
+    return orm_state.execution_options.get("_sa_orm_load_options")
+
+
+def _cacheable(orm_state: ORMExecuteState) -> bool:
+    if not is_select(orm_state) or orm_state.is_executemany:
+        return False
+    opts = orm_state.execution_options
+    if any(opts.get(o) for o in _SKIP_OPTIONS):
+        return False
+    stmt = orm_state.statement
+    if getattr(stmt, "_for_update_arg", None) is not None:
+        return False
+    load_options = _load_options(orm_state)
+    return not (
+        getattr(load_options, "_populate_existing", False)
+        or getattr(load_options, "_yield_per", None)
+    )
+
+
+def is_select(orm_state: ORMExecuteState) -> bool:
+    """A SELECT, including ``select(Entity).from_statement(text(...))``.
+
+    SQLAlchemy reports ``is_select`` False for a FromStatement wrapping a
+    TextClause; it returns rows like any ORM select all the same.
+    """
+    if orm_state.is_select:
+        return True
+    stmt = orm_state.statement
+    return isinstance(stmt, FromStatement) and isinstance(stmt.element, (TextClause, Select))
+
+
+_MUTABLE = (list, dict, set, bytearray)
+
+
+def _has_mutable(payload: Any) -> bool:
+    """Does a payload hold values a user could change in place (JSON lists and dicts)?"""
+    layouts, entities, kinds, scalar, rows = payload
+    widths = [len(lay[1]) for lay in layouts]
+    for record in entities:
+        for v in record[3 : 3 + widths[record[0]]]:
+            if isinstance(v, _MUTABLE):
+                return True
+    if not scalar and not all(kinds):
+        for row in rows:
+            for is_entity, v in zip(kinds, row):
+                if not is_entity and isinstance(v, _MUTABLE):
+                    return True
+    return False
+
+
+class Entry:
+    """A cache entry as this process holds it between hits.
+
+    The decoded payload is kept when it holds only immutable values (then it
+    can be shared by every hit); otherwise the bytes are kept and decoded per
+    hit, so that no session can change what another one gets.
+    """
+
+    __slots__ = ("_payload", "_raw", "created", "flags", "names", "versions")
+
+    def __init__(self, created: float, names: Any, versions: list[int], flags: list[Any],
+                 raw: Any, payload: Any = None):  # fmt: skip
+        self.created = created
+        self.names = tuple(names)
+        self.versions = versions
+        self.flags = flags
+        self._raw = raw
+        self._payload = payload
+
+    @classmethod
+    def decode(cls, raw: bytes, key: str) -> Entry:
+        fmt, stored_key, created, stored_names, versions, flags, payload = codec.unpackb(raw)
+        if (fmt != codec.FORMAT_VERSION or stored_key != key or type(stored_names) is not list
+                or type(versions) is not list or len(versions) < len(stored_names)):  # fmt: skip
+            raise codec.CorruptEntry("entry of another format or statement")
+        if _has_mutable(payload):
+            return cls(created, stored_names, versions, flags, raw)
+        return cls(created, stored_names, versions, flags, None, payload)
+
+    def covered_by(self, names: tuple[str, ...]) -> bool:
+        return set(self.names).issubset(names)
+
+    def matches(self, names: tuple[str, ...], versions: list[int]) -> bool:
+        """Were the entry's versions, for every name it depends on, the current ones?
+
+        A store may put values of its own first (the Redis store's epoch):
+        they must be equal too.
+        """
+        if self.names == names:
+            return self.versions == versions
+        k = len(self.versions) - len(self.names)
+        if k != len(versions) - len(names) or self.versions[:k] != versions[:k]:
+            return False
+        current = dict(zip(names, versions[k:]))
+        for name, v in zip(self.names, self.versions[k:]):
+            if current.get(name) != v:
+                return False
+        return True
+
+    def rowcount(self, n: int) -> int | None:
+        mode = self.flags[3] if len(self.flags) > 3 else 0
+        return None if not mode else (n if mode == 1 else -1)
+
+    def payload(self) -> Any:
+        payload = self._payload
+        if payload is None:
+            payload = codec.unpackb(self._raw)[6]
+            if not _has_mutable(payload):
+                self._payload, self._raw = payload, None
+        return payload

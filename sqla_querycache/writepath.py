@@ -1,0 +1,292 @@
+"""The write path: what a connection's transaction wrote, and the commit protocol.
+
+Every statement on every connection passes :meth:`WritePath.on_statement`
+(``before_cursor_execute``): its analysis (:mod:`.tracking`) says which
+tables it writes and whether it controls the transaction (textual ``BEGIN``
+/ ``COMMIT``, two-phase ``PREPARE`` / ``COMMIT PREPARED``, a MySQL statement
+that commits implicitly). The state lives on the DBAPI connection
+(``Connection.info``), so every Session and Core caller sharing a connection
+shares it.
+
+The commit protocol, in two halves around the database commit (see
+ARCHITECTURE.md, "Version protocol"):
+
+1. before it: bump the written tables and mark them in flight
+   (:meth:`WritePath.before_commit`);
+2. after it returned: bump them again and clear the mark
+   (:meth:`WritePath.settle`).
+
+No method here raises into the user's statement or commit: a version store
+that does not answer makes its tables bypassed in this process until the bump
+is delivered (:class:`PendingBumps`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import tracking
+from .tracking import ALL_TABLES, ANY_TABLE, ConnTracker
+
+if TYPE_CHECKING:
+    from .cache import QueryCache
+
+log = logging.getLogger("sqla_querycache")
+
+#: two-phase transactions prepared by this process: xid -> the tables written
+_prepared: dict[str, tuple[str, ...]] = {}
+_prepared_lock = threading.Lock()
+
+
+class WritePath:
+    def __init__(self, cache: QueryCache):
+        self.cache = cache
+        self.versions = cache.versions
+        self.info_key = cache._info_key
+        self.failed = PendingBumps(self)
+
+    # ------------------------------------------------------------ trackers
+
+    def tracker(self, info: dict[str, Any]) -> ConnTracker:
+        ct = info.get(self.info_key)
+        if ct is None:
+            ct = info[self.info_key] = ConnTracker()
+        return ct
+
+    # ---------------------------------------------------------- statements
+
+    def on_statement(self, conn: Any, context: Any, statement: str) -> None:
+        """``before_cursor_execute``: classify, record, and act on transaction control."""
+        if context is not None and context.execution_options.get("_qc_internal"):
+            return  # the sql version store's own statements
+        scan = tracking.scan(conn, context, statement)
+        recorder = tracking.current_recorder()
+        if recorder is not None:
+            recorder.add(scan)
+        ct = self.tracker(conn.info)
+        autocommit = tracking.is_autocommit(conn) and not ct.text_txn
+        if scan.txn is not None:
+            self._on_transaction_control(conn, ct, scan, statement, autocommit)
+        if scan.isolation is not None or scan.session_state:
+            tracking.note_connection_state(ct, scan)
+        writes = scan.writes
+        if writes:
+            if ALL_TABLES not in writes:
+                writes = tracking.write_closure(conn, writes)
+            if scan.implicit_commit and not autocommit and conn.in_transaction():
+                # MySQL commits the open transaction before (and after) this statement
+                self.before_commit(conn)
+                ct.written = set()
+                autocommit = True
+            self.on_write(ct, writes, autocommit)
+        elif scan.implicit_commit and not autocommit and ct.written:
+            self.before_commit(conn)
+            ct.written = set()
+            ct.settle_after = True
+        if not autocommit:
+            ct.statements += 1
+
+    def after_statement(self, conn: Any) -> None:
+        """``after_cursor_execute``: a statement that committed by itself has run."""
+        ct = conn.info.get(self.info_key)
+        if ct is not None and ct.committing and (ct.settle_after or tracking.is_autocommit(conn)
+                                                 or not conn.in_transaction()):  # fmt: skip
+            ct.settle_after = False
+            self.settle_tracker(ct)
+
+    def _on_transaction_control(
+        self, conn: Any, ct: ConnTracker, scan: Any, statement: str, autocommit: bool
+    ) -> None:
+        kind = scan.txn
+        if kind == "begin":
+            if autocommit:
+                ct.text_txn = True  # writes now wait for a textual COMMIT
+            ct.explicit_begin = True
+            ct.statements = 0
+        elif kind == "commit":
+            self.before_commit(conn)
+            ct.settle_after = True
+            ct.end_transaction()
+        elif kind == "rollback":
+            self.on_rollback(conn.info)
+            ct.end_transaction()
+        elif kind == "prepare":
+            names = tuple(sorted(ct.written)) or (ANY_TABLE,)
+            with _prepared_lock:
+                _prepared[tracking.xid_of(statement)] = names
+            self.on_rollback(conn.info)
+            ct.end_transaction()
+        elif kind in ("commit_prepared", "rollback_prepared"):
+            with _prepared_lock:
+                names = _prepared.pop(tracking.xid_of(statement), None)
+            if kind == "commit_prepared":
+                # prepared elsewhere (another connection or process): unknown tables
+                t = names if names is not None else (ALL_TABLES,)
+                ct.committing.append(self.begin_commit([*t, ANY_TABLE]))
+                ct.settle_after = True
+
+    def on_write(self, ct: ConnTracker, names: frozenset[str], autocommit: bool) -> None:
+        if autocommit:  # the statement commits itself; settled after it ran
+            ct.committing.append(self.begin_commit([*names, ANY_TABLE]))
+            ct.settle_after = True
+            return
+        ct.written |= names
+        ct.written.add(ANY_TABLE)
+        begin_async = getattr(self.versions, "begin_async", None)
+        if begin_async is not None:
+            new = ct.written - ct.marked
+            if new:  # mark now: the round trip overlaps the transaction's own statements
+                ordered = tuple(sorted(new))
+                ct.marked |= new
+                ct.marks.append((begin_async(ordered), ordered, time.monotonic()))
+
+    # -------------------------------------------------------------- commit
+
+    def begin_commit(self, names: Sequence[str], conn: Any = None) -> tuple[tuple[str, ...], bool]:
+        """Before the database commit: bump and mark in flight. (names, marked?)
+
+        If the store does not answer, keep trying for its ``retry_window``
+        (the Redis store's epoch lease) before letting the commit proceed;
+        see ARCHITECTURE.md for why that makes outages safe.
+        """
+        t = tuple(sorted(names))
+        deadline = None
+        while True:
+            try:
+                self.versions.begin_write(t, conn)
+                return t, True
+            except Exception as err:
+                now_ = time.monotonic()
+                if deadline is None:
+                    self.cache._warn_once(("begin_write", type(err)), "version store failed: %r",
+                                          err)  # fmt: skip
+                    deadline = now_ + getattr(self.versions, "retry_window", 0.0)
+                if now_ >= deadline:
+                    self.failed.add(t)  # bypassed here until a bump lands
+                    return t, False
+                time.sleep(0.05)
+
+    def end_commit(self, names: tuple[str, ...], marked: bool) -> None:
+        """After the database commit: bump again and clear the in-flight mark."""
+        if marked:
+            self.end_write(names)
+        stats = self.cache._stats
+        for name in names:
+            stats.table(name, "invalidations")
+
+    def end_write(self, names: tuple[str, ...]) -> None:
+        try:
+            self.versions.end_write(names)
+        except Exception as err:
+            self.cache._warn_once(("end_write", type(err)), "version store failed: %r", err)
+            self.failed.add(names, in_flight=True)
+
+    def before_commit(self, conn: Any) -> None:
+        """The ``commit`` event (and every other way a transaction commits)."""
+        ct = conn.info.get(self.info_key)
+        if ct is None or not ct.written:
+            return
+        confirmed = self._collect_marks(ct) if ct.marks else set()
+        rest = ct.written - confirmed
+        if rest:  # not marked ahead, or the mark did not land (in time)
+            ct.committing.append(self.begin_commit(list(rest), conn))
+        ct.written = set()
+
+    def _collect_marks(self, ct: ConnTracker) -> set[str]:
+        """Await the marks sent ahead; return the tables safely marked now.
+
+        A mark that landed is ended after the commit in any case (the counter
+        must come back down); one older than half its TTL is marked again.
+        """
+        confirmed: set[str] = set()
+        store: Any = self.versions
+        fresh_until = time.monotonic() - store.in_flight_ttl / 2
+        for ticket, names, sent in ct.marks:
+            if store.wait(ticket):
+                ct.committing.append((names, True))
+                if sent > fresh_until:
+                    confirmed.update(names)
+        ct.marks = []
+        ct.marked = set()
+        return confirmed
+
+    def settle(self, info: dict[str, Any] | None) -> None:
+        """After a commit returned (or at the next sign of it): the post-commit bump."""
+        ct = info.get(self.info_key) if info is not None else None
+        if ct is not None:
+            self.settle_tracker(ct)
+
+    def settle_tracker(self, ct: ConnTracker) -> None:
+        while ct.committing:
+            self.end_commit(*ct.committing.pop())
+
+    def on_rollback(self, info: dict[str, Any]) -> None:
+        ct = info.get(self.info_key)
+        if ct is None:
+            return
+        if ct.marks:  # marks that landed must come back down (their bump stays)
+            store: Any = self.versions
+            for ticket, names, _ in ct.marks:
+                if store.wait(ticket):
+                    self.end_write(names)
+            ct.marks = []
+            ct.marked = set()
+        ct.written = set()
+        ct.end_transaction()
+
+    # -------------------------------------------------------------- manual
+
+    def bump(self, names: Sequence[str]) -> None:
+        try:
+            self.versions.bump(names)
+        except Exception as err:  # fail open: remember and retry
+            self.cache._warn_once(("bump", type(err)), "version store bump failed: %r", err)
+            self.failed.add(names)
+        stats = self.cache._stats
+        for name in names:
+            stats.table(name, "invalidations")
+
+
+class PendingBumps:
+    """Invalidations the version store could not take yet; retried, and bypassed meanwhile."""
+
+    def __init__(self, writer: WritePath):
+        self._writer = writer
+        self._lock = threading.Lock()
+        self._pending: list[tuple[tuple[str, ...], bool]] = []
+        self._names: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, names: Sequence[str], in_flight: bool = False) -> None:
+        with self._lock:
+            self._pending.append((tuple(names), in_flight))
+            self._names.update(names)
+
+    def blocks(self, names: Sequence[str]) -> bool:
+        """True while an undelivered invalidation concerns any of ``names``."""
+        if not self.retry():
+            return bool(self._names.intersection(names)) or ALL_TABLES in self._names
+        return False
+
+    def retry(self) -> bool:
+        """Deliver what is pending; True when nothing is left."""
+        versions = self._writer.versions
+        with self._lock:
+            while self._pending:
+                names, in_flight = self._pending[0]
+                try:
+                    if in_flight:
+                        versions.end_write(names)
+                    else:
+                        versions.bump(names)
+                except Exception:
+                    return False
+                self._pending.pop(0)
+            self._names.clear()
+            return True
