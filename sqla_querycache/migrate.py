@@ -47,9 +47,9 @@ def invalidating(
     written: set[str] = set()
 
     def on_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        names = tracking.written_by(context, statement)
+        names = tracking.scan(conn, context, statement).writes
         if names:
-            written.update(names)
+            written.update(tracking.write_closure(conn, names))
 
     event.listen(connection, "before_cursor_execute", on_execute)
     try:

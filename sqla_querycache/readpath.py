@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sqla_querycache")
 
+#: at most this many names are learned from an entry written elsewhere
+_MAX_LEARNED = 64
 _READ_COMMITTED = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 _SKIP_OPTIONS = ("yield_per", "stream_results", "populate_existing", "max_row_buffer")
 
@@ -387,8 +389,9 @@ class ReadPath:
                 entry = Entry.decode(raw, key)
                 self.memo.put(memo_key, entry)
             if not entry.matches(names, versions):
-                if not entry.covered_by(names):
-                    # recorded with a dependency this lookup did not read: learn it
+                if not entry.covered_by(names) and len(entry.names) <= _MAX_LEARNED:
+                    # recorded with a dependency this lookup did not read (another
+                    # process's plan learned more): never trusted; read it from now on
                     self._learn(plan, entry.names)
                 self.memo.pop(memo_key)
                 return None, versions  # stale: a table was written since

@@ -318,8 +318,8 @@ def _bump_format(entry: list, others: dict) -> Any:
     return entry
 
 
-def _more_names(entry: list, others: dict) -> Any:
-    entry[NAMES] = [*entry[NAMES], "other_table"]
+def _fewer_versions(entry: list, others: dict) -> Any:
+    entry[VERSIONS] = entry[VERSIONS][:-2]
     return entry
 
 
@@ -350,7 +350,7 @@ WRONG_SHAPES = [
     ("nil", lambda e, o: None, ALL),
     ("short_list", lambda e, o: [1, 2, 3], ALL),
     ("other_format_version", _bump_format, ALL),
-    ("other_table_names", _more_names, ALL),
+    ("fewer_versions_than_names", _fewer_versions, ALL),
     ("payload_not_a_list", _set(PAYLOAD, "payload"), ALL),
     ("payload_too_short", _payload(lambda p: p.pop()), ALL),
     ("unknown_class", _payload(_unknown_class), ENTITIES),
@@ -655,3 +655,22 @@ def test_manual_invalidation_errors_are_typed():
         qc.invalidate(object())
     with pytest.raises(UnknownRegionError):
         qc.invalidate_region("nope")
+
+
+def test_entry_depending_on_an_unread_table_is_never_trusted(engine, sql, redis_cache,
+                                                             redis_client):  # fmt: skip
+    """An entry recorded with a table this process's lookups do not read (another process
+    learned more, or a forgery) is a miss, and the lookups then read that table too."""
+    keys = populate(engine, sql, redis_cache, redis_client, ["entity"])
+    key = keys["entity"]
+    entry = codec.unpackb(redis_client.get(key))
+    entry[NAMES] = [*entry[NAMES], "other_table"]
+    entry[VERSIONS] = [*entry[VERSIONS], 12345]
+    redis_client.set(key, codec.packb(entry), keepttl=True)
+    rows, n = execute(engine, sql, queries()["entity"], True)
+    assert n > 0, "served an entry whose dependency was not checked"
+    (plan,) = [p for p in redis_cache._reader._plans._data.values() if "product" in p.tables]
+    assert "other_table" in plan.tables  # learned: read from now on
+    again, n = execute(engine, sql, queries()["entity"], True)
+    assert n > 0  # the forged version does not match the real one: still a miss
+    assert redis_cache.stats()["default"]["corrupt"] == 0
