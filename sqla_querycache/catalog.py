@@ -825,6 +825,7 @@ class _Slot:
             start = time.perf_counter()
             try:
                 with engine.connect() as conn:
+                    conn = conn.execution_options(_qc_internal=True)  # not the app's statements
                     timeout = cls.statement_timeout
                     facts = _load_with(conn, conn.dialect, timeout, include_temp=False)
                 new = cls(facts, dialect=engine.dialect.name,

@@ -203,15 +203,47 @@ def cascaded(names: Iterable[str]) -> set[str]:
     return out
 
 
-def write_closure(conn: Any, names: frozenset[str]) -> frozenset[str]:
-    """Every table whose contents a write of ``names`` changes, on this connection's database."""
+def _referencing(names: Iterable[str]) -> set[str]:
+    """``names`` plus every table with a foreign key to one of them, transitively."""
+    out = set(names)
+    refs: dict[str, set[str]] = {}
+    for md in list(_metadata):
+        for t in md.tables.values():
+            for fk in t.foreign_keys:
+                try:
+                    refs.setdefault(table_name(fk.column.table), set()).add(table_name(t))
+                except Exception:  # noqa: S112 - unresolvable reference
+                    continue
+    todo = list(out)
+    while todo:
+        for child in refs.get(todo.pop(), ()):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def write_closure(
+    conn: Any, names: frozenset[str], truncate_cascade: frozenset[str] = frozenset()
+) -> frozenset[str]:
+    """Every table whose contents a write of ``names`` changes, on this connection's database.
+
+    Foreign-key actions declared in any MetaData seen, and the database's
+    own catalog (:mod:`.catalog`: partitions, FK actions, triggers, views);
+    ``TRUNCATE ... CASCADE`` empties every table referencing the truncated ones.
+    """
     out = cascaded(names)
+    if truncate_cascade:
+        out |= _referencing(truncate_cascade)
     try:
         from . import catalog
     except ImportError:  # pragma: no cover
         return frozenset(out)
     try:
-        out |= catalog.Catalog.for_engine(conn.engine).write_closure(out)
+        cat = catalog.Catalog.for_engine(conn.engine)
+        out |= cat.write_closure(out)
+        if truncate_cascade:
+            out |= cat.write_closure(truncate_cascade, op="truncate")
     except Exception:
         out.add(ALL_TABLES)
     return frozenset(out)

@@ -76,7 +76,7 @@ class WritePath:
         writes = scan.writes
         if writes:
             if ALL_TABLES not in writes:
-                writes = tracking.write_closure(conn, writes)
+                writes = tracking.write_closure(conn, writes, scan.truncate_cascade)
             if scan.implicit_commit and not autocommit and conn.in_transaction():
                 # MySQL commits the open transaction before (and after) this statement
                 self.before_commit(conn)
