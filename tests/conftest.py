@@ -152,6 +152,8 @@ class StatementCounter:
         event.listen(engine, "before_cursor_execute", self._on)
 
     def _on(self, conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if context is not None and context.execution_options.get("_qc_internal"):
+            return  # the extension's own (catalog, sql version store), not the app's query
         self.count += 1
         self.statements.append(statement)
 

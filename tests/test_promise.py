@@ -1,0 +1,292 @@
+"""One test per class of defect in "never stale, never wrong" (issue 6).
+
+Each test builds the situation in which a cache that *predicts* what a
+statement reads, or tracks transactions at the session, serves a wrong row,
+and checks the cached read against the database. The oracle is the uncached
+read (``NoCache``) and the number of statements sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, with_loader_criteria
+
+from sqla_querycache import FromCache, NoCache
+
+from .models import Category, Customer, Order, Product, Tag
+
+
+def rows(session: Any, stmt: Any) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in session.execute(stmt).all()]
+
+
+def both(engine: Any, stmt: Any) -> tuple[list[Any], list[Any]]:
+    with Session(engine) as s:
+        cached = rows(s, stmt.options(FromCache()))
+    with Session(engine) as s:
+        plain = rows(s, stmt.options(NoCache()))
+    return cached, plain
+
+
+CATEGORY = select(Category.id, Category.name).where(Category.id == 1)
+
+
+# ------------------------------------------------------------ pure reads only
+
+
+def test_select_with_a_data_modifying_cte_runs_every_time(engine, sql, cache):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("data-modifying CTEs are PostgreSQL's")
+    cte = update(Category).where(Category.id == 1).values(name=Category.name + "!") \
+        .returning(Category.id).cte("u")  # fmt: skip
+    stmt = select(cte.c.id)
+    for _ in range(2):
+        with Session(engine) as s:
+            s.execute(stmt.options(FromCache())).all()
+            s.commit()
+    with Session(engine) as s:
+        assert s.scalar(select(Category.name).where(Category.id == 1)).endswith("!!")
+    assert cache.stats()["default"]["hits"] == 0
+
+
+@pytest.mark.parametrize("sql_text", ["SELECT id FROM category WHERE id = 1 FOR UPDATE",
+                                      "SELECT id FROM category FOR UPDATE SKIP LOCKED"])
+def test_locking_text_is_never_cached(engine, sql, cache, sql_text):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no row locks")
+    stmt = select(Category).from_statement(text(sql_text))
+    for _ in range(2):
+        mark = sql.count
+        with Session(engine) as s:
+            s.execute(stmt.options(FromCache())).all()
+        assert sql.since(mark) == 1
+
+
+def test_tableless_read_cached_only_when_tagged(engine, sql, cache):
+    stmt = select(func.lower("ABC"))
+    with Session(engine, info={"cache_region": "default"}) as s:
+        s.execute(stmt).all()
+        mark = sql.count
+        s.execute(stmt).all()
+        assert sql.since(mark) == 1  # a session-wide option never caches it
+    with Session(engine) as s:
+        s.execute(stmt.options(FromCache())).all()
+    with Session(engine) as s:  # (a fresh transaction: MariaDB's snapshots)
+        mark = sql.count
+        s.execute(stmt.options(FromCache())).all()
+        assert sql.since(mark) == 0  # tagged by the statement itself: it is
+
+
+# --------------------------------------------------- transactions at the connection
+
+
+def test_session_bound_to_a_connection_sees_its_core_writes(engine, sql, cache):
+    with engine.connect() as conn:
+        conn.execute(update(Category).where(Category.id == 1).values(name="uncommitted"))
+        with Session(bind=conn) as s:
+            assert rows(s, CATEGORY.options(FromCache())) == [(1, "uncommitted")]
+        conn.rollback()
+    cached, plain = both(engine, CATEGORY)
+    assert cached == plain and plain[0][1] != "uncommitted"
+
+
+def test_snapshot_taken_by_sql_is_honoured(engine, sql, cache):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("no isolation levels by SQL on SQLite")
+    with Session(engine) as reader:
+        reader.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+        reader.execute(select(Tag.id).options(NoCache())).all()  # the snapshot starts here
+        with Session(engine) as writer:
+            writer.execute(update(Category).where(Category.id == 1).values(name="later"))
+            writer.commit()
+        old = rows(reader, CATEGORY.options(FromCache()))  # must not be stored for others
+        assert old[0][1] != "later"
+    cached, plain = both(engine, CATEGORY)
+    assert cached == plain == [(1, "later")]
+
+
+def test_driver_autocommit_commits_at_the_statement(engine, sql, cache, tmp_path):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("covered by AUTOCOMMIT isolation on SQLite")
+    both(engine, CATEGORY)
+    from sqlalchemy import create_engine
+
+    ac = create_engine(engine.url, connect_args={"autocommit": True})
+    try:
+        with ac.connect() as conn:
+            conn.execute(update(Category).where(Category.id == 1).values(name="driver-ac"))
+            cached, plain = both(engine, CATEGORY)  # committed already, before conn.commit()
+            assert plain == [(1, "driver-ac")]
+            assert cached == plain
+            conn.rollback()  # nothing to undo: the driver committed
+        cached, plain = both(engine, CATEGORY)
+        assert cached == plain == [(1, "driver-ac")]
+    finally:
+        ac.dispose()
+
+
+def test_mariadb_implicit_commit_then_rollback(engine, sql, cache):
+    if engine.dialect.name != "mysql":
+        pytest.skip("implicit commits are MySQL/MariaDB's")
+    both(engine, CATEGORY)
+    with engine.connect() as conn:
+        conn.execute(update(Category).where(Category.id == 1).values(name="implicit"))
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS qc_implicit (id INT)")  # commits
+        conn.rollback()
+        conn.exec_driver_sql("DROP TABLE IF EXISTS qc_implicit")
+    cached, plain = both(engine, CATEGORY)
+    assert cached == plain == [(1, "implicit")]
+
+
+def test_two_phase_commit_invalidates(engine, sql, cache):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("two-phase commit tested on PostgreSQL")
+    with engine.connect() as conn:
+        if not conn.exec_driver_sql("SHOW max_prepared_transactions").scalar() != "0":
+            pytest.skip("max_prepared_transactions is 0")
+    both(engine, CATEGORY)
+    with engine.connect() as conn:
+        trans = conn.begin_twophase()
+        conn.execute(update(Category).where(Category.id == 1).values(name="twophase"))
+        trans.prepare()
+        both(engine, CATEGORY)  # read (and stored) between prepare and commit
+        trans.commit()
+    cached, plain = both(engine, CATEGORY)
+    assert cached == plain == [(1, "twophase")]
+
+
+# ------------------------------------------------- uncached semantics on a hit
+
+
+def test_a_hit_autoflushes_like_the_query_would(engine, sql, cache):
+    stmt = select(Category).where(Category.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()
+    with Session(engine) as s:
+        s.add(Tag(id=1, label="duplicate"))  # another table: the query does not read it
+        with pytest.raises(IntegrityError):
+            s.execute(stmt).all()  # the uncached query would flush it, and fail
+
+
+def test_moving_a_child_is_seen_before_flush(engine, sql, cache):
+    stmt = select(Order.id).where(Order.customer_id == 2).order_by(Order.id)
+    with Session(engine) as s:
+        s.execute(stmt.options(FromCache())).all()
+    with Session(engine) as s:
+        order = s.scalars(select(Order).where(Order.customer_id != 2).limit(1)).one()
+        customer = s.get(Customer, 2)
+        customer.orders.append(order)  # changes order.customer_id at flush
+        assert rows(s, stmt.options(FromCache())) == rows(s, stmt.options(NoCache()))
+
+
+def test_core_select_result_has_the_cursor_attributes(engine, sql, cache):
+    from .models import product_tag
+
+    stmt = select(product_tag.c.product_id).where(product_tag.c.tag_id == 1)
+    with Session(engine) as s:
+        plain = s.execute(stmt.options(NoCache()))
+        expected = (plain.returns_rows, plain.rowcount)
+        plain.all()
+    for _ in range(2):  # a miss, then a hit
+        with Session(engine) as s:
+            r = s.execute(stmt.options(FromCache()))
+            assert (r.returns_rows, r.rowcount) == expected
+
+
+def test_refresh_event_when_a_hit_fills_an_expired_object(engine, sql, cache):
+    stmt = select(Category).where(Category.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()
+    seen: list[Any] = []
+
+    def on_refresh(target: Any, context: Any, attrs: Any) -> None:
+        seen.append(set(attrs or ()))
+
+    event.listen(Category, "refresh", on_refresh)
+    try:
+        with Session(engine) as s:
+            c = s.get(Category, 1)
+            s.commit()  # expires it; the next query starts a fresh transaction
+            assert "name" not in c.__dict__
+            mark = sql.count
+            s.execute(stmt).all()
+            assert sql.since(mark) == 0
+            assert seen and "name" in seen[-1]
+    finally:
+        event.remove(Category, "refresh", on_refresh)
+
+
+# ------------------------------------------------------------ the final statement
+
+
+def test_keyed_after_hooks_registered_after_install(engine, sql, cache):
+    """SQLAlchemy's multi-tenant recipe: a hook added later narrows every query."""
+    tenant = {"category": 1}
+
+    @event.listens_for(Session, "do_orm_execute")
+    def narrow(state):
+        if state.is_select:
+            state.statement = state.statement.options(with_loader_criteria(
+                Product, Product.category_id == tenant["category"]))
+
+    try:
+        stmt = select(Product.id).order_by(Product.id)
+        a = both(engine, stmt)
+        tenant["category"] = 2
+        b = both(engine, stmt)
+        assert a[0] == a[1] and b[0] == b[1] and a[1] != b[1]
+    finally:
+        event.remove(Session, "do_orm_execute", narrow)
+
+
+def test_scope_separates_connection_state(engine, sql, cache):
+    stmt = select(Category.id).where(Category.id == 1)
+
+    def run(scope: str) -> int:
+        with Session(engine) as s:
+            mark = sql.count
+            s.execute(stmt.options(FromCache()), execution_options={"cache_scope": scope}).all()
+            return sql.since(mark)
+
+    assert run("a") == 1
+    assert run("b") == 1  # another scope, another entry
+    assert run("a") == 0
+
+
+def test_set_search_path_bypasses_without_a_scope(engine, sql, cache):
+    if engine.dialect.name != "postgresql":
+        pytest.skip("search_path is PostgreSQL's")
+    stmt = select(Category.id).where(Category.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()
+        s.execute(text("SET search_path TO public"))
+        mark = sql.count
+        s.execute(stmt).all()
+        assert sql.since(mark) == 1
+
+
+# ------------------------------------------------------------------- manual
+
+
+def test_invalidate_model_reaches_text_reads(engine, sql, cache):
+    stmt = select(Category).from_statement(text("SELECT * FROM category WHERE id = 1"))
+    with Session(engine) as s:
+        s.execute(stmt.options(FromCache())).all()
+    with Session(engine) as s:
+        mark = sql.count
+        s.execute(stmt.options(FromCache())).all()
+        assert sql.since(mark) == 0
+    cache.invalidate(Category)
+    with Session(engine) as s:
+        mark = sql.count
+        s.execute(stmt.options(FromCache())).all()
+        assert sql.since(mark) == 1
+
+
+def test_invalidate_refuses_a_string_for_tables(cache):
+    with pytest.raises(TypeError):
+        cache.invalidate(tables="product")
