@@ -48,6 +48,8 @@ import re
 import threading
 import time
 import weakref
+
+from sqlalchemy.engine import Engine
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -824,10 +826,16 @@ class _Slot:
             gen = self.generation
             start = time.perf_counter()
             try:
-                with engine.connect() as conn:
-                    conn = conn.execution_options(_qc_internal=True)  # not the app's statements
-                    timeout = cls.statement_timeout
-                    facts = _load_with(conn, conn.dialect, timeout, include_temp=False)
+                # a pool of our own: this thread's connection never joins the app's pool
+                # (SQLite's check_same_thread, a small pool the app needs, its listeners)
+                private = Engine(engine.pool.recreate(), engine.dialect, engine.url)
+                try:
+                    with private.connect() as conn:
+                        conn = conn.execution_options(_qc_internal=True)
+                        timeout = cls.statement_timeout
+                        facts = _load_with(conn, conn.dialect, timeout, include_temp=False)
+                finally:
+                    private.dispose()
                 new = cls(facts, dialect=engine.dialect.name,
                           load_seconds=time.perf_counter() - start)  # fmt: skip
             except _Unsupported:

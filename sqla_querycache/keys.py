@@ -232,6 +232,36 @@ def engine_identity(engine: Engine) -> str:
     return ident
 
 
+_SERVER_IDENTITY = {
+    "postgresql": "SELECT current_database(), current_setting('search_path'), current_user, "
+    "inet_server_addr(), inet_server_port()",
+    "mysql": "SELECT DATABASE(), CURRENT_USER(), @@hostname, @@port",
+    "sqlite": "PRAGMA database_list",
+}
+
+
+def server_identity(engine: Engine) -> str:
+    """What the engine's connections really reach, asked once per engine.
+
+    Two engines with one URL can reach different data: ``connect_args``
+    (``dbname``, ``options=-csearch_path=...``), a ``creator=``, a connect
+    hook that runs ``SET search_path``. The database tells which database,
+    schema path and user a connection has; that is part of every key.
+    Per-checkout state that differs between connections of one engine is
+    what ``QueryCache(scope=...)`` is for.
+    """
+    sql = _SERVER_IDENTITY.get(engine.dialect.name)
+    if sql is None:
+        return ""
+    with engine.connect() as conn:
+        conn = conn.execution_options(_qc_internal=True)
+        found = [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+        conn.rollback()
+    if engine.dialect.name == "sqlite":  # attached files; temp/memory have no file
+        found = [(r[1], r[2]) for r in found]
+    return repr(found)
+
+
 def bind_identity(engine_id: str, bind: Engine | Connection, execution_options: Any) -> str:
     """What of the bind changes results: the database, schema translation, identity token."""
     stm = execution_options.get("schema_translate_map")

@@ -241,7 +241,8 @@ class ReadPath:
         engine_id = self._bind_ids.get(engine)
         if engine_id is None:
             # an engine made by execution_options() carries its own schema map
-            engine_id = keys.bind_identity(keys.engine_identity(engine), engine, {})
+            ident = keys.engine_identity(engine) + "|" + keys.server_identity(engine)
+            engine_id = keys.bind_identity(ident, engine, {})
             self._bind_ids[engine] = engine_id
         opts = orm_state.execution_options
         bind_id = engine_id
@@ -257,11 +258,6 @@ class ReadPath:
         if plan is not None:
             return plan
         stmt: Any = orm_state.statement
-        if engine.dialect.server_version_info is None:
-            # compiling before the first connect would memoize type decisions
-            # for a server the dialect has not seen yet (MariaDB's UUID, ...)
-            with engine.connect():
-                pass
         dialect = engine.dialect
         stm = opts.get("schema_translate_map") or bind.get_execution_options().get(
             "schema_translate_map"

@@ -545,15 +545,20 @@ def test_unsupported_dialect_adds_nothing() -> None:
 
 
 class Counter:
+    """Statements the catalog sends for ``engine``: on a private pool of its own (so on
+    another Engine object), recognised by the database URL and the internal option."""
+
     def __init__(self, engine: Engine) -> None:
         self.engine, self.count = engine, 0
-        event.listen(engine, "before_cursor_execute", self.on)
+        event.listen(Engine, "before_cursor_execute", self.on)
 
-    def on(self, *args: Any) -> None:
-        self.count += 1
+    def on(self, conn: Any, cursor: Any, statement: Any, params: Any, context: Any,
+           executemany: Any) -> None:  # fmt: skip
+        if conn.engine.url == self.engine.url:
+            self.count += 1
 
     def close(self) -> None:
-        event.remove(self.engine, "before_cursor_execute", self.on)
+        event.remove(Engine, "before_cursor_execute", self.on)
 
 
 def test_memoized_invalidated_and_aged(db: Engine) -> None:

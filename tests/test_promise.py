@@ -290,3 +290,31 @@ def test_invalidate_model_reaches_text_reads(engine, sql, cache):
 def test_invalidate_refuses_a_string_for_tables(cache):
     with pytest.raises(TypeError):
         cache.invalidate(tables="product")
+
+
+def test_engines_with_one_url_reaching_other_data_do_not_share_entries(tmp_path, cache):
+    """``creator=`` (or ``connect_args``) can point one URL at another database."""
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    from .models import Base
+
+    engines = []
+    for label in ("a", "b"):
+        path = tmp_path / f"{label}.db"
+        eng = create_engine("sqlite:///same.db", creator=lambda p=path: sqlite3.connect(p))
+        Base.metadata.create_all(eng)
+        with Session(eng) as s:
+            s.add(Category(id=1, name=label))
+            s.commit()
+        engines.append(eng)
+    try:
+        for _ in range(2):  # misses, then hits: each engine its own rows
+            for eng, label in zip(engines, ("a", "b")):
+                with Session(eng) as s:
+                    assert rows(s, CATEGORY.options(FromCache())) == [(1, label)]
+        assert cache.stats()["default"]["hits"] == 2
+    finally:
+        for eng in engines:
+            eng.dispose()
