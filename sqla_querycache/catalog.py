@@ -698,6 +698,16 @@ class Catalog:
                 new = cls.load(connection)
                 slot.store(new, gen)
             return new
+        if getattr(engine.dialect, "is_async", False):
+            # an async driver needs the caller's greenlet: load inline, on a private pool
+            # (a thread of ours cannot drive it, and must not create its objects)
+            with slot.lock:
+                cat = slot.catalog
+                if cat is not None and slot.loaded_gen == slot.generation and not cat._aged(age):
+                    return cat
+                slot.thread = threading.current_thread()
+            slot.reload(cls)
+            return slot.catalog or cls.degraded_catalog(engine.dialect.name, "load failed")
         with slot.lock:
             cat = slot.catalog
             valid = cat is not None and slot.loaded_gen == slot.generation

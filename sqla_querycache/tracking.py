@@ -240,7 +240,7 @@ def write_closure(
     except ImportError:  # pragma: no cover
         return frozenset(out)
     try:
-        cat = catalog.Catalog.for_engine(conn.engine)
+        cat = catalog.Catalog.for_engine(conn.engine, conn)
         out |= cat.write_closure(out)
         if truncate_cascade:
             out |= cat.write_closure(truncate_cascade, op="truncate")
