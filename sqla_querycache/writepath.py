@@ -154,6 +154,14 @@ class WritePath:
         see ARCHITECTURE.md for why that makes outages safe.
         """
         t = tuple(sorted(names))
+        mark = getattr(self.versions, "mark_for_commit", None)
+        if mark is not None:
+            # the store waits at most ``lease`` from the start of an outage in
+            # this process (not per commit), and not at all once it answers
+            marked = bool(mark(t, conn))
+            if not marked:
+                self.failed.add(t)  # bypassed here until a bump lands
+            return t, marked
         deadline = None
         while True:
             try:
@@ -174,6 +182,10 @@ class WritePath:
         """After the database commit: bump again and clear the in-flight mark."""
         if marked:
             self.end_write(names)
+        else:
+            settle = getattr(self.versions, "settle_unmarked", None)
+            if settle is not None:  # bump before the commit returns, if the store is back
+                settle(names)
         stats = self.cache._stats
         for name in names:
             stats.table(name, "invalidations")

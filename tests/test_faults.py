@@ -380,8 +380,6 @@ def test_commit_marks_at_once_when_redis_answers_again(proxy, stores):
     assert store.commit_wait_remaining() == 0.0
 
 
-@pytest.mark.xfail(reason="needs QueryCache._begin_commit to call store.mark_for_commit",
-                   strict=False)  # fmt: skip
 def test_commits_during_an_outage_share_one_lease(proxy, sqlite_engine):
     url = url_of(proxy)
     cache = QueryCache(regions={"default": {"backend": "dogpile.cache.memory"}},
