@@ -48,10 +48,10 @@ import re
 import threading
 import time
 import weakref
-
-from sqlalchemy.engine import Engine
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+from sqlalchemy.engine import Engine
 
 __all__ = ["ALL", "ANY", "OPERATIONS", "Catalog", "canonical_name"]
 
@@ -661,7 +661,7 @@ class Catalog:
             facts = _load_with(connection, dialect, cls.statement_timeout, include_temp=temp)
         except _Unsupported:
             return cls(None, dialect=dialect.name, supported=False)
-        except Exception as err:  # noqa: BLE001 - loading must never raise
+        except Exception as err:
             log.warning("sqla_querycache: catalog load failed (%s): %s", dialect.name, err)
             return cls.degraded_catalog(dialect.name, f"{type(err).__name__}: {err}")
         return cls(facts, dialect=dialect.name, load_seconds=time.perf_counter() - start)
@@ -850,7 +850,7 @@ class _Slot:
                           load_seconds=time.perf_counter() - start)  # fmt: skip
             except _Unsupported:
                 new = cls(None, dialect=engine.dialect.name, supported=False)
-            except Exception as err:  # noqa: BLE001 - loading must never raise
+            except Exception as err:
                 if not self.failing:
                     log.debug("catalog load of %s failed", engine.url, exc_info=True)
                 new = cls.degraded_catalog(engine.dialect.name, f"{type(err).__name__}: {err}")

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy.engine import Connection, CursorResult, Engine, IteratorResult
+from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.elements import TextClause

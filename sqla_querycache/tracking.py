@@ -21,7 +21,6 @@ from typing import Any
 
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import MetaData, Table
-from sqlalchemy.sql.selectable import TableClause
 
 from . import sqlscan
 
@@ -157,7 +156,7 @@ def _remember_metadata(compiled: Any) -> None:
         for node in visitors.iterate(element):
             if isinstance(node, Table) and node.metadata not in _metadata:
                 _metadata.add(node.metadata)
-    except Exception:  # noqa: S110 - best effort: the catalog covers the database's own
+    except Exception:
         pass
 
 
@@ -180,7 +179,7 @@ def _fk_actions() -> dict[str, frozenset[str]]:
                     if fk.ondelete or fk.onupdate:
                         try:
                             parent = fk.column.table
-                        except Exception:  # noqa: S112 - unresolvable reference
+                        except Exception:
                             continue
                         graph.setdefault(table_name(parent), set()).add(table_name(t))
         _fk_graph = {k: frozenset(v) for k, v in graph.items()}
@@ -212,7 +211,7 @@ def _referencing(names: Iterable[str]) -> set[str]:
             for fk in t.foreign_keys:
                 try:
                     refs.setdefault(table_name(fk.column.table), set()).add(table_name(t))
-                except Exception:  # noqa: S112 - unresolvable reference
+                except Exception:
                     continue
     todo = list(out)
     while todo:
