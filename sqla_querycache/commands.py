@@ -172,7 +172,7 @@ def invalidate(
         cache.invalidate_region(region)
         done = [f"region {region}"]
     elif tables:
-        done = cache.invalidate(tables=tables)
+        done = [n for n in cache.invalidate(tables=tables) if not n.startswith("@")]
     else:
         raise ConfigurationError("say what to invalidate: --tables, --region or --everything")
     # QueryCache fails open and retries later; a one-shot caller must know now
