@@ -253,10 +253,16 @@ def server_identity(engine: Engine) -> str:
     sql = _SERVER_IDENTITY.get(engine.dialect.name)
     if sql is None:
         return ""
+    from sqlalchemy.pool import SingletonThreadPool, StaticPool
+
+    if isinstance(engine.pool, (StaticPool, SingletonThreadPool)):
+        # the pool hands out the caller's own connection: returning it would
+        # roll back the session's flushed writes (in-memory SQLite is keyed by
+        # engine already)
+        return ""
     with engine.connect() as conn:
         conn = conn.execution_options(_qc_internal=True)
         found = [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
-        conn.rollback()
     if engine.dialect.name == "sqlite":  # attached files; temp/memory have no file
         found = [(r[1], r[2]) for r in found]
     return repr(found)
