@@ -263,8 +263,10 @@ def server_identity(engine: Engine) -> str:
     with engine.connect() as conn:
         conn = conn.execution_options(_qc_internal=True)
         found = [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
-    if engine.dialect.name == "sqlite":  # attached files; temp/memory have no file
-        found = [(r[1], r[2]) for r in found]
+    if engine.dialect.name == "sqlite":
+        # the files of main and attached databases; "temp" is listed only once a
+        # connection has used it, so it would make the identity depend on history
+        found = [(r[1], r[2]) for r in found if r[1] != "temp"]
     return repr(found)
 
 

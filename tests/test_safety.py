@@ -671,6 +671,8 @@ def test_entry_depending_on_an_unread_table_is_never_trusted(engine, sql, redis_
     assert n > 0, "served an entry whose dependency was not checked"
     (plan,) = [p for p in redis_cache._reader._plans._data.values() if "product" in p.tables]
     assert "other_table" in plan.tables  # learned: read from now on
+    stored = codec.unpackb(redis_client.get(key))  # the miss stored a real entry over it
+    assert 12345 not in stored[VERSIONS]
     again, n = execute(engine, sql, queries()["entity"], True)
-    assert n > 0  # the forged version does not match the real one: still a miss
+    assert n == 0 and again == rows  # and it is a hit from now on
     assert redis_cache.stats()["default"]["corrupt"] == 0
