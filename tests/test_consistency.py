@@ -73,9 +73,6 @@ def test_snapshot_transaction_does_not_store(engine, sql, cache):
     assert cache.stats()["default"]["bypassed"] >= 1
 
 
-@pytest.mark.xfail(strict=False, reason="regression under investigation (issue 6 work): with the "
-                   "new read path, 12 threads racing on a cold key sometimes run the query twice "
-                   "(a stampede of 2, not 12); never a wrong row")  # fmt: skip
 def test_twelve_threads_missing_one_key_query_once(sqlite_engine):
     cache = QueryCache(regions={"default": {"backend": "dogpile.cache.memory"}})
     maker = sessionmaker(sqlite_engine)
