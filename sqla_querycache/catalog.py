@@ -53,6 +53,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from . import sqlscan
+
 __all__ = ["ALL", "ANY", "OPERATIONS", "Catalog", "canonical_name"]
 
 log = logging.getLogger(__name__)
@@ -78,14 +80,11 @@ Runner = Callable[[str], Rows]
 
 
 def canonical_name(name: str, default_schema: str | None) -> str:
-    """``name`` as the catalog spells it: unquoted, lower-case, schema-qualified
-    only when the schema is not ``default_schema``."""
-    raw = re.sub(r"[`\"\[\]\s]", "", str(name)).lower()
-    if "." in raw:
-        schema, _, table = raw.rpartition(".")
-        if default_schema is not None and schema == default_schema.lower():
-            return table
-    return raw
+    """``name`` (possibly quoted, possibly ``schema.table``) as the cache spells it:
+    :func:`.sqlscan.canonical`, the one rule for every name the cache compares."""
+    raw = re.sub(r"[`\"\[\]\s]", "", str(name))
+    schema, _, table = raw.rpartition(".")
+    return sqlscan.canonical(table, schema or None, default_schema)
 
 
 def _spelled(name: str) -> str:
@@ -95,8 +94,7 @@ def _spelled(name: str) -> str:
 
 
 def _qualify(schema: str, table: str, default_schema: str) -> str:
-    schema, table = str(schema).lower(), str(table).lower()
-    return table if schema == default_schema else f"{schema}.{table}"
+    return sqlscan.canonical(str(table), str(schema), default_schema)
 
 
 # ------------------------------------------------------------ SQL scanning
