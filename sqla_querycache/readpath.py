@@ -214,16 +214,19 @@ class ReadPath:
             return region, ttl, True
         stmt_opts = orm_state.statement._execution_options
         local = orm_state.local_execution_options
+        session = orm_state.session
         tagged = True
         if REGION_OPTION in stmt_opts:
             region = stmt_opts[REGION_OPTION]
         elif REGION_OPTION in local:
             region = local[REGION_OPTION]
+            # Session(execution_options=...) (SQLAlchemy 2.1) reaches us merged into the
+            # call's options: session-wide unless the call says otherwise
+            session_opts = getattr(session, "execution_options", None) or {}
+            tagged = session_opts.get(REGION_OPTION) != region
         else:
             tagged = False
-            region = orm_state.session.info.get(REGION_OPTION)
-            if region is None:  # Session(execution_options=...) (SQLAlchemy 2.1)
-                region = orm_state.execution_options.get(REGION_OPTION)
+            region = session.info.get(REGION_OPTION)
         if region is None:
             return None, None, False
         return region, orm_state.execution_options.get(EXPIRATION_OPTION), tagged
@@ -571,8 +574,8 @@ def _holds_snapshot(conn: Connection, ct: Any) -> bool:
     if ct is None or not ct.statements:
         return False
     try:
-        if not conn.in_transaction() or tracking.is_autocommit(conn):
-            return False
+        if not ct.text_txn and (not conn.in_transaction() or tracking.is_autocommit(conn)):
+            return False  # each statement commits (unless a textual BEGIN opened one)
         if conn.dialect.name == "sqlite":
             # pysqlite opens its transaction at the first write, holding the
             # write lock from then on: nobody commits under us unless a BEGIN

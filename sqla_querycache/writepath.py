@@ -68,11 +68,15 @@ class WritePath:
         if recorder is not None:
             recorder.add(scan)
         ct = self.tracker(conn.info)
+        if scan.isolation is not None or scan.session_state:
+            tracking.note_connection_state(ct, scan)
+        if scan.txn is None:
+            ct.statements += 1  # the transaction may hold a snapshot from now on
+            if not scan.writes and not scan.implicit_commit:
+                return  # a read: nothing more to do (the common case, kept short)
         autocommit = tracking.is_autocommit(conn) and not ct.text_txn
         if scan.txn is not None:
             self._on_transaction_control(conn, ct, scan, statement, autocommit)
-        if scan.isolation is not None or scan.session_state:
-            tracking.note_connection_state(ct, scan)
         writes = scan.writes
         if writes:
             if ALL_TABLES not in writes:
@@ -87,8 +91,6 @@ class WritePath:
             self.before_commit(conn)
             ct.written = set()
             ct.settle_after = True
-        if not autocommit:
-            ct.statements += 1
 
     def after_statement(self, conn: Any) -> None:
         """``after_cursor_execute``: a statement that committed by itself has run."""

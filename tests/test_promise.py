@@ -68,11 +68,15 @@ def test_locking_text_is_never_cached(engine, sql, cache, sql_text):
 
 def test_tableless_read_cached_only_when_tagged(engine, sql, cache):
     stmt = select(func.lower("ABC"))
-    with Session(engine, info={"cache_region": "default"}) as s:
-        s.execute(stmt).all()
-        mark = sql.count
-        s.execute(stmt).all()
-        assert sql.since(mark) == 1  # a session-wide option never caches it
+    sessions = [lambda: Session(engine, info={"cache_region": "default"})]
+    if hasattr(Session(), "execution_options"):  # SQLAlchemy 2.1
+        sessions.append(lambda: Session(engine, execution_options={"cache_region": "default"}))
+    for make in sessions:
+        with make() as s:
+            s.execute(stmt).all()
+            mark = sql.count
+            s.execute(stmt).all()
+            assert sql.since(mark) == 1  # a session-wide option never caches it
     with Session(engine) as s:
         s.execute(stmt.options(FromCache())).all()
     with Session(engine) as s:  # (a fresh transaction: MariaDB's snapshots)
