@@ -522,7 +522,9 @@ def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
     2.1.x; ``tests/test_hydrate.py`` compares it with the real shape.
     """
     scalars, filtered, unique_required = flags[:3]
-    ents = compiled.compile_state._entities
+    ents = getattr(compiled.compile_state, "_entities", None)
+    if ents is None:  # a compound SELECT (UNION ...): its shape is learned from a load here
+        raise NeedsLocalLoad("no ORM entities to derive the shape from")
     labels = [ent._label_name for ent in ents]
     extra = [ent._extra_entities for ent in ents]
     filters = [
