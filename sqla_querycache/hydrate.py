@@ -94,9 +94,16 @@ def _column_signature(c: Any) -> str:
     return f"{type(c).__name__}:{c.type!r}:{c}"  # an expression: its SQL (anon names are stable)
 
 
+def _relationship_signature(r: Any) -> str:
+    """What of a relationship changes the rows a load gives: target, join, order, strategy."""
+    order = ",".join(str(c) for c in (r.order_by or ()))
+    joins = f"{r.primaryjoin}|{r.secondaryjoin}|{r.secondary}"
+    return f"{r.key}>{class_key(r.mapper)}:{r.uselist}:{r.lazy}:{joins}:{order}"
+
+
 def _mapper_signature(m: Mapper) -> str:
     cols = sorted(p.key + ":" + ",".join(map(_column_signature, p.columns)) for p in m.column_attrs)
-    rels = sorted(f"{r.key}>{class_key(r.mapper)}:{r.uselist}" for r in m.relationships)
+    rels = sorted(map(_relationship_signature, m.relationships))
     tables = sorted(str(t) for t in m.tables)
     pk = [c.name for c in m.primary_key]
     return f"{class_key(m)}|{tables}|{pk}|{cols}|{rels}|{m.polymorphic_identity!r}"

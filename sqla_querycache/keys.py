@@ -12,8 +12,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import sys
 import threading
 import types
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
@@ -112,6 +114,26 @@ def _qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
+_importable_memo: weakref.WeakKeyDictionary[type, bool] = weakref.WeakKeyDictionary()
+
+
+def _importable(cls: type) -> bool:
+    """Is ``cls`` what its module's attribute path ``__qualname__`` names?"""
+    try:
+        return _importable_memo[cls]
+    except (KeyError, TypeError):
+        pass
+    target: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        target = getattr(target, part, None)
+    found = target is cls
+    try:
+        _importable_memo[cls] = found
+    except TypeError:
+        pass
+    return found
+
+
 def _stable(obj: Any, out: list[str]) -> None:
     """Append a process-independent rendering of a SQLAlchemy cache key.
 
@@ -148,6 +170,10 @@ def _stable(obj: Any, out: list[str]) -> None:
         )
         _stable(tuple(c for c in obj.co_consts if not isinstance(c, types.CodeType)), out)
     elif isinstance(obj, type):
+        if not _importable(obj):
+            # a class made inside a function: two of them may share a name and
+            # differ (two local TypeDecorators), and no other process can name it
+            raise Unencodable(f"{_qualname(obj)} cannot be named outside this process")
         out.append("C" + _qualname(obj))
     elif isinstance(obj, Mapper):
         out.append(f"M{_qualname(obj.class_)}")

@@ -20,12 +20,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import bindparam, create_engine, event, func, insert, inspect, select, text, update
+from sqlalchemy import (
+    ForeignKey,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, selectinload, undefer, with_loader_criteria
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.types import NullType
 
-from sqla_querycache import FromCache, QueryCache
+from sqla_querycache import FromCache, NoCache, QueryCache
 
 from . import models
 from .conftest import StatementCounter, redis_region
@@ -707,3 +718,59 @@ def test_cached_first_query_types(engine):
     first, later = json.loads(proc.stdout.strip().splitlines()[-1])
     assert first == expected, "the cached first query loaded other types"
     assert later == expected, "queries after it (uncached) load other types"
+
+
+# ------------------------------------------- found by SQLAlchemy's own suite (tests/peer)
+
+
+def test_local_classes_of_one_name_never_share_an_entry(sqlite_engine, cache):
+    """Two TypeDecorators made by one function have one qualified name and differ."""
+    from sqlalchemy import Integer, TypeDecorator, type_coerce
+
+    def scaled(factor: int) -> Any:
+        class Scaled(TypeDecorator):  # the same __qualname__ every call
+            impl = Integer
+            cache_ok = True
+
+            def process_result_value(self, value: Any, dialect: Any) -> Any:
+                return value * factor
+
+        return Scaled
+
+    for factor in (10, 100):
+        stmt = select(type_coerce(Category.id, scaled(factor)).label("v")).order_by(Category.id)
+        with Session(sqlite_engine) as s:
+            got = s.scalars(stmt.options(FromCache())).all()
+            plain = s.scalars(stmt.options(NoCache())).all()
+        assert got == plain and got[0] == factor * 1
+
+
+def test_relationship_configuration_is_part_of_the_key(cache):
+    """A relationship's order, join and loading strategy change its rows: another deploy
+    (or mapping) that differs there must not read this one's entries."""
+    from sqlalchemy import Column, Integer
+    from sqlalchemy.orm import DeclarativeBase, relationship
+
+    from sqla_querycache.hydrate import MapperSet
+
+    def mapping(order: str, lazy: str) -> Any:
+        class Base(DeclarativeBase):
+            pass
+
+        class Parent(Base):
+            __tablename__ = "p"
+            id = Column(Integer, primary_key=True)
+            kids = relationship("Kid", order_by=f"Kid.id.{order}()", lazy=lazy)
+
+        class Kid(Base):
+            __tablename__ = "k"
+            id = Column(Integer, primary_key=True)
+            parent_id = Column(ForeignKey("p.id"))
+
+        Base.registry.configure()
+        return MapperSet([Parent.__mapper__]).fingerprint
+
+    base = mapping("asc", "select")
+    assert mapping("asc", "select") == base  # the same mapping, the same fingerprint
+    assert mapping("desc", "select") != base
+    assert mapping("asc", "selectin") != base
