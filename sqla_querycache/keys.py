@@ -44,7 +44,6 @@ class Plan:
         "names",
         "shape",
         "tables",
-        "templates",
         "uncacheable",
     )  # fmt: skip
 
@@ -55,8 +54,6 @@ class Plan:
         self.mappers = mappers  # the MapperSet entries of this statement name classes in
         self.shape: Any = None  # result shape, learned from the first real result
         self.derived: dict[Any, Any] = {}  # shapes derived for entries of other processes
-        #: per-object loader state learned from a real load (see hydrate.dehydrate)
-        self.templates: dict[Any, Any] | None = None
         #: per region: the version names a lookup reads (tables + pseudo-tables)
         self.names: dict[str, tuple[str, ...]] = {}
         #: why this statement shape is never cached (not a pure read), or None
@@ -374,7 +371,9 @@ def entry_key(
 # ---------------------------------------------------------------- tables read
 
 
-def _relationship_tables(prop: RelationshipProperty, seen: set[Any], out: set[str], d: str | None) -> None:
+def _relationship_tables(
+    prop: RelationshipProperty, seen: set[Any], out: set[str], d: str | None
+) -> None:
     if prop in seen:
         return
     seen.add(prop)

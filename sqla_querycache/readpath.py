@@ -101,6 +101,9 @@ class ReadPath:
         self._bind_ids: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
         self._locks = _KeyLocks()
         self.memo: keys.LRU[Entry] = keys.LRU(cache._memo_size)
+        #: per entry key: per-object loader state a load in this process gave
+        #: (raiseload, criteria on lazy loads: they carry that execution's values)
+        self._templates: keys.LRU[dict[Any, Any]] = keys.LRU(cache._plan_memo_size)
 
     # -------------------------------------------------------------- entry
 
@@ -402,8 +405,8 @@ class ReadPath:
                 shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
             options: Any = orm_state.statement._with_options
             load_options = tuple(opt for opt in options if opt.propagate_to_loaders)
-            data = hydrate(orm_state.session, plan.mappers, entry.payload(), plan.templates,
-                           load_options, shape)  # fmt: skip
+            data = hydrate(orm_state.session, plan.mappers, entry.payload(),
+                           self._templates.get(key), load_options, shape)  # fmt: skip
         except NeedsLocalLoad:
             # objects need loader state only a load in this process can give
             # (raiseload, load_only(raiseload=True), aliased paths): run it once
@@ -495,7 +498,7 @@ class ReadPath:
             templates: dict[Any, Any] = {}
             payload = dehydrate(frozen.data, shape.scalars, preexisting, templates)
             if templates:
-                plan.templates = {**(plan.templates or {}), **templates}
+                self._templates.put(key, templates)
             flags = shape.flags
             created = now()
             blob = codec.packb(

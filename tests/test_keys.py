@@ -774,3 +774,23 @@ def test_relationship_configuration_is_part_of_the_key(cache):
     assert mapping("asc", "select") == base  # the same mapping, the same fingerprint
     assert mapping("desc", "select") != base
     assert mapping("asc", "selectin") != base
+
+
+def test_lazy_load_criteria_of_a_hit_are_its_own(sqlite_engine, cache):
+    """``lazyload(rel.and_(crit))`` leaves per-object loaders holding that execution's
+    values: a hit must never hand an object the loaders of another parameter set."""
+    from sqlalchemy.orm import lazyload
+
+    def orders(floor: int) -> list[int]:
+        stmt = (select(Customer).where(Customer.id == 1)
+                .options(lazyload(Customer.orders.and_(Order.id > floor)), FromCache()))  # fmt: skip
+        with Session(sqlite_engine) as s:
+            (customer,) = s.scalars(stmt).all()
+            return [o.id for o in customer.orders]
+
+    with Session(sqlite_engine) as s:
+        every = [o.id for o in s.get(Customer, 1).orders]
+    assert every
+    for _ in range(2):  # misses, then hits
+        assert orders(0) == every
+        assert orders(10_000) == []
