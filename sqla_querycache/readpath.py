@@ -480,7 +480,8 @@ class ReadPath:
         finally:
             tracking.stop_recording(token)
         shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
-                      unique[1] if unique else None, _rowcount_mode(rowcount, frozen.data))  # fmt: skip
+                      unique[1] if unique else None,
+                      _rowcount_mode(rowcount, frozen.data))  # fmt: skip
         plan.shape = shape
         out = shape.result(frozen.data, rowcount)
         if rec.impure is not None:  # a statement of this load was not a pure read
@@ -702,10 +703,7 @@ class Entry:
         if k != len(versions) - len(names) or self.versions[:k] != versions[:k]:
             return False
         current = dict(zip(names, versions[k:]))
-        for name, v in zip(self.names, self.versions[k:]):
-            if current.get(name) != v:
-                return False
-        return True
+        return all(current.get(name) == v for name, v in zip(self.names, self.versions[k:]))
 
     def rowcount(self, n: int) -> int | None:
         mode = self.flags[3] if len(self.flags) > 3 else 0

@@ -512,9 +512,8 @@ def _is_cte_ref(node: exp.Table) -> bool:
             child, parent = owner, owner.parent  # the owner's WITH was just handled
             continue
         with_ = parent.args.get("with_") or parent.args.get("with")
-        if isinstance(with_, exp.With) and child is not with_:
-            if name in _cte_names(with_, None):
-                return True
+        if isinstance(with_, exp.With) and child is not with_ and name in _cte_names(with_, None):
+            return True
         child, parent = parent, parent.parent
     return False
 
@@ -821,7 +820,7 @@ def _set(code: str, ctx: _Ctx, acc: _Acc, depth: int) -> None:
         if m is None:
             acc.session = True
             continue
-        scope, at, raw_name, value = m.groups()
+        _scope, at, raw_name, value = m.groups()
         name = raw_name.replace("`", "").replace('"', "").lower()
         if "(" in value:
             try:
@@ -854,9 +853,9 @@ def _pragma(code: str, acc: _Acc) -> None:
         acc.session = True
         return
     name = m.group(1).strip('"`[]').lower()
-    if m.group(2) == "=" or (m.group(2) == "(" and name not in _PRAGMA_READ_ARG):
-        if name not in _HARMLESS_PRAGMAS:
-            acc.session = True
+    writes_setting = m.group(2) == "=" or (m.group(2) == "(" and name not in _PRAGMA_READ_ARG)
+    if writes_setting and name not in _HARMLESS_PRAGMAS:
+        acc.session = True
 
 
 # ------------------------------------------------------ transaction control
