@@ -465,6 +465,17 @@ def _parse(code: str, ctx: _Ctx) -> exp.Expression:
     return trees[0]
 
 
+def _write_target(target: exp.Expression | None, ctx: _Ctx, acc: _Acc, skip: set[int]) -> str | None:
+    """Record ``target`` as written (``@all`` if it names no table); not also as read."""
+    name = _table_name(target, ctx) if isinstance(target, exp.Table) else None
+    if name is None:
+        acc.write(ALL_TABLES)
+    else:
+        skip.add(id(target))
+        acc.write(name)
+    return name
+
+
 def _table_name(node: exp.Table, ctx: _Ctx, acc: _Acc | None = None) -> str | None:
     ident = node.this
     if not isinstance(ident, exp.Identifier):
@@ -543,22 +554,14 @@ def _dml_targets(node: exp.Expression, ctx: _Ctx, acc: _Acc, skip: set[int]) -> 
         target = node.this
         if isinstance(target, exp.Schema):
             target = target.this
-        name = _table_name(target, ctx) if isinstance(target, exp.Table) else None
-        if name is None:
-            acc.write(ALL_TABLES)
-        else:
-            skip.add(id(target))
-            acc.write(name)
+        _write_target(target, ctx, acc, skip)
         return
     if isinstance(node, exp.TruncateTable):
         cascade = str(node.args.get("option") or "").upper() == "CASCADE"
         for t in node.expressions:
-            name = _table_name(t, ctx) if isinstance(t, exp.Table) else None
+            name = _write_target(t, ctx, acc, skip)
             if name is None:
-                acc.write(ALL_TABLES)
                 continue
-            skip.add(id(t))
-            acc.write(name)
             if cascade:
                 acc.cascade.add(name)
         return
@@ -718,12 +721,7 @@ def _ddl(code: str, toks: list[str], ctx: _Ctx, acc: _Acc) -> None:
     else:
         acc.write(ALL_TABLES)
     for t in targets:
-        name = _table_name(t, ctx) if isinstance(t, exp.Table) else None
-        if name is None:
-            acc.write(ALL_TABLES)
-        else:
-            skip.add(id(t))
-            acc.write(name)
+        _write_target(t, ctx, acc, skip)
     if head == "CREATE" and acc.writes is None:
         acc.write(ALL_TABLES)
     _walk(tree, ctx, acc, skip)
