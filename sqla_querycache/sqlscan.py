@@ -465,7 +465,9 @@ def _parse(code: str, ctx: _Ctx) -> exp.Expression:
     return trees[0]
 
 
-def _write_target(target: exp.Expression | None, ctx: _Ctx, acc: _Acc, skip: set[int]) -> str | None:
+def _write_target(
+    target: exp.Expression | None, ctx: _Ctx, acc: _Acc, skip: set[int]
+) -> str | None:
     """Record ``target`` as written (``@all`` if it names no table); not also as read."""
     name = _table_name(target, ctx) if isinstance(target, exp.Table) else None
     if name is None:
