@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import random
 import threading
 import time
@@ -24,20 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from sqla_querycache.catalog import ALL, ANY, Catalog, _identifier_chains, canonical_name
 
-REQUIRE = os.environ.get("QC_REQUIRE_SERVICES") == "1"
-ENV = {"postgresql": "QC_PG_URL", "mariadb": "QC_MARIADB_URL"}
+from .conftest import REQUIRE, db_url
+
 KINDS = ["sqlite", "postgresql", "mariadb"]
-
-
-def _url(kind: str, tmp_path: Any) -> str:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / 'cat.db'}"
-    url = os.environ.get(ENV[kind])
-    if not url:
-        if REQUIRE:
-            pytest.fail(f"QC_REQUIRE_SERVICES=1 but {ENV[kind]} is not set")
-        pytest.skip(f"no {kind}: set {ENV[kind]}")
-    return url
 
 
 def _foreign_keys_on(dbapi_conn: Any, _record: Any) -> None:
@@ -45,9 +33,9 @@ def _foreign_keys_on(dbapi_conn: Any, _record: Any) -> None:
 
 
 @pytest.fixture(params=KINDS)
-def db(request: Any, tmp_path: Any) -> Iterator[Engine]:
+def db(request: Any, tmp_path_factory: Any) -> Iterator[Engine]:
     """An engine of each kind; every ``cat_`` object is dropped afterwards."""
-    engine = create_engine(_url(request.param, tmp_path))
+    engine = create_engine(db_url(request.param, tmp_path_factory))
     if request.param == "sqlite":
         event.listen(engine, "connect", _foreign_keys_on)
     try:
@@ -150,8 +138,8 @@ def test_identifier_chains_skip_literals_and_comments() -> None:
 
 
 @pytest.fixture()
-def pg(tmp_path: Any) -> Iterator[Engine]:
-    engine = create_engine(_url("postgresql", tmp_path))
+def pg(tmp_path_factory: Any) -> Iterator[Engine]:
+    engine = create_engine(db_url("postgresql", tmp_path_factory))
     try:
         with engine.connect() as conn:
             conn.execute(text("select 1"))
@@ -426,8 +414,8 @@ def test_generated_fk_graphs(db: Engine, seed: int) -> None:
 # ------------------------------------------------------ other databases
 
 
-def test_mariadb_other_database(tmp_path: Any) -> None:
-    engine = create_engine(_url("mariadb", tmp_path))
+def test_mariadb_other_database(tmp_path_factory: Any) -> None:
+    engine = create_engine(db_url("mariadb", tmp_path_factory))
     try:
         with engine.connect() as conn:
             current = conn.execute(text("SELECT DATABASE()")).scalar()
