@@ -30,6 +30,7 @@ from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
 from . import codec, keys, tracking
+from .catalog import Catalog
 from .codec import Unencodable
 from .hydrate import MapperSet, NeedsLocalLoad, NotStorable, Shape, dehydrate, derive_shape, hydrate
 from .options import EXPIRATION_OPTION, REGION_OPTION, SCOPE_OPTION, FromCache, NoCache
@@ -280,11 +281,7 @@ class ReadPath:
         tables.update(t for t in keys.tables_read(compiled, stmt, default) if t != ANY_TABLE)
         tables.discard(ALL_TABLES)
         try:
-            from . import catalog
-
-            tables = set(catalog.Catalog.for_engine(engine).read_closure(tables))
-        except ImportError:  # pragma: no cover
-            pass
+            tables = set(Catalog.for_engine(engine).read_closure(tables))
         except Exception:
             tables.add(ANY_TABLE)
         roots = []

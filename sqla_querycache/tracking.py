@@ -23,6 +23,7 @@ from sqlalchemy.sql import visitors
 from sqlalchemy.sql.schema import MetaData, Table
 
 from . import sqlscan
+from .catalog import Catalog
 
 #: the pseudo-table every entry depends on; a write that cannot be
 #: attributed to tables bumps it
@@ -235,11 +236,7 @@ def write_closure(
     if truncate_cascade:
         out |= _referencing(truncate_cascade)
     try:
-        from . import catalog
-    except ImportError:  # pragma: no cover
-        return frozenset(out)
-    try:
-        cat = catalog.Catalog.for_engine(conn.engine, conn)
+        cat = Catalog.for_engine(conn.engine, conn)
         out |= cat.write_closure(out)
         if truncate_cascade:
             out |= cat.write_closure(truncate_cascade, op="truncate")
