@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy.engine import Connection, CursorResult, Engine
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.elements import TextClause
@@ -162,8 +162,11 @@ class ReadPath:
             stats.incr(region_name, "errors")
             return None
 
+        # as the uncached query would: begin the session's transaction (autobegin; no
+        # connection yet) and autoflush; their errors are the user's
+        session._autobegin_t()
         if getattr(_load_options(orm_state), "_autoflush", True):
-            session._autoflush()  # as the uncached query would; its errors are the user's
+            session._autoflush()
         if not self._may_use(session, bind, plan, region_name):
             return None
         names = plan.names.get(region_name)
@@ -470,6 +473,8 @@ class ReadPath:
                 result = orm_state.invoke_statement(bind_arguments={"bind": bind})
             else:
                 result = orm_state.invoke_statement()
+            if not isinstance(result, Result):  # something a hook returned: not ours to store
+                return result
             rowcount = result.rowcount if isinstance(result, CursorResult) else None
             unique = result._unique_filter_state
             result._unique_filter_state = None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InvalidRequestError
 from sqlalchemy.orm import Session, with_loader_criteria
 
 from sqla_querycache import FromCache, NoCache
@@ -322,3 +322,16 @@ def test_engines_with_one_url_reaching_other_data_do_not_share_entries(tmp_path,
     finally:
         for eng in engines:
             eng.dispose()
+
+
+def test_a_hit_begins_the_session_transaction_like_the_query(engine, sql, cache):
+    stmt = select(Category.id).where(Category.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()
+    with Session(engine) as s:
+        mark = sql.count
+        s.execute(stmt).all()
+        assert sql.since(mark) == 0
+        assert s.in_transaction()  # autobegun, as by the uncached query
+    with Session(engine, autobegin=False) as s, pytest.raises(InvalidRequestError):
+        s.execute(stmt).all()  # the uncached query refuses too
