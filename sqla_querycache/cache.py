@@ -73,6 +73,7 @@ class QueryCache:
         plan_memo_size: int = 2000,
         memo_size: int = 1000,
         scope: Callable[[], Any] | None = None,
+        identity_region: str | None = None,
     ):
         if not isinstance(regions, Mapping) or not regions:
             raise ConfigurationError("regions must be a non-empty mapping of name -> region")
@@ -103,6 +104,15 @@ class QueryCache:
         if scope is not None and not callable(scope):
             raise ConfigurationError(f"scope must be a callable returning a value: {scope!r}")
         self.scope = scope
+        if identity_region is not None and (
+            not isinstance(identity_region, str) or identity_region not in self.regions
+        ):
+            raise ConfigurationError(
+                f"identity_region {identity_region!r} is not one of the regions "
+                f"{sorted(self.regions)}"
+            )
+        #: the region of primary-key loads (session.get) and lazy loads, or None
+        self.identity_region = identity_region
         #: False: every statement bypasses the cache (writes still invalidate)
         self.enabled = True
         self._plan_memo_size = plan_memo_size

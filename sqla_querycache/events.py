@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.pool import Pool
 
 from . import tracking
@@ -138,6 +138,11 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     def on_commit_twophase(conn: Any, xid: Any, is_prepared: bool) -> None:
         writer.settle(_info(conn))
 
+    def before_row_write(mapper: Any, connection: Any, target: Any) -> None:
+        info = _info(connection)
+        if info is not None:
+            writer.hint(info, mapper, target)
+
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         if record is not None:
             writer.settle(record.info)
@@ -155,4 +160,6 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     inst.listen(Engine, "begin", on_begin)
     inst.listen(Engine, "commit_twophase", on_commit_twophase)
     inst.listen(Pool, "checkin", on_checkin)
+    inst.listen(Mapper, "before_update", before_row_write)
+    inst.listen(Mapper, "before_delete", before_row_write)
     return inst

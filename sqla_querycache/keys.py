@@ -42,6 +42,7 @@ class Plan:
         "digest",
         "mappers",
         "names",
+        "rowkey",
         "shape",
         "tables",
         "uncacheable",
@@ -58,6 +59,8 @@ class Plan:
         self.names: dict[str, tuple[str, ...]] = {}
         #: why this statement shape is never cached (not a pure read), or None
         self.uncacheable: str | None = None
+        #: how an execution names the rows it reads (:class:`.rows.RowKey`), or None
+        self.rowkey: Any = None
 
     @property
     def reads_tables(self) -> bool:
@@ -353,11 +356,22 @@ def entry_key(
     ``params`` are the execute-time parameters.
     """
     h = hashlib.blake2b(plan.digest, digest_size=16)
-    values: list[Any] = [bp.effective_value for bp in bindparams]
+    if params:
+        # an execute-time value of a statement's own parameter takes its place
+        # (as SQLAlchemy binds it): keys stay the same whatever the parameter's
+        # name, which for a lazy load embeds an id() of this process
+        values: list[Any] = [
+            params[bp.key] if bp.key in params else bp.effective_value for bp in bindparams
+        ]
+        own = {bp.key for bp in bindparams}
+        rest = sorted((str(k), v) for k, v in params.items() if k not in own)
+    else:
+        values = [bp.effective_value for bp in bindparams]
+        rest = None
     if stmt_params:  # Select.params(), kept by SQLAlchemy 2.1 in CacheKey.params
         values.append(["p", sorted(stmt_params.items())])
-    if params:
-        values.append(["e", sorted(params.items())])
+    if rest:
+        values.append(["e", rest])
     if options:
         values.append(["o", options])
     if scope is not None:  # QueryCache(scope=...) / the cache_scope execution option

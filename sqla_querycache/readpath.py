@@ -29,12 +29,13 @@ from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
-from . import codec, keys, tracking
+from . import codec, keys, rows, tracking
 from .catalog import Catalog
 from .codec import Unencodable
 from .hydrate import MapperSet, NeedsLocalLoad, NotStorable, Shape, dehydrate, derive_shape, hydrate
 from .options import EXPIRATION_OPTION, REGION_OPTION, SCOPE_OPTION, FromCache, NoCache
 from .regions import RegionStore, now
+from .sqlscan import canonical
 from .tracking import ALL_TABLES, ANY_TABLE
 
 if TYPE_CHECKING:
@@ -110,8 +111,16 @@ class ReadPath:
 
     def on_execute(self, orm_state: ORMExecuteState) -> Any:
         """``do_orm_execute`` for a SELECT: a Result, or None to let the ORM run it."""
-        if orm_state.is_relationship_load or orm_state.is_column_load:
-            return None  # part of a load we cache whole, or a refresh
+        if orm_state.is_column_load:
+            return None  # a refresh
+        if orm_state.is_relationship_load and (
+            self.cache.identity_region is None
+            or orm_state.lazy_loaded_from is None
+            or tracking.current_recorder() is not None
+        ):
+            # part of a load we cache whole (an eager load, or a lazy load run
+            # while a miss records what it reads: its reads must be seen)
+            return None
         later = _remaining_hooks(orm_state)
         if later:
             # hooks registered after ours may still change the statement (loader
@@ -171,9 +180,18 @@ class ReadPath:
             session._autoflush()
         if not self._may_use(session, bind, plan, region_name):
             return None
-        names = plan.names.get(region_name)
-        if names is None:
-            names = plan.names[region_name] = (*plan.tables, ALL_TABLES, f"@region:{region_name}")
+        rk = plan.rowkey
+        enc = None
+        if rk is not None:
+            enc = rk.encode(cache_key.bindparams, orm_state.parameters,
+                            getattr(cache_key, "params", None))  # fmt: skip
+        if enc is not None:
+            names = (*rk.names(plan.tables, enc), ALL_TABLES, f"@region:{region_name}")
+        else:
+            names = plan.names.get(region_name)
+            if names is None:
+                names = plan.names[region_name] = (*plan.tables, ALL_TABLES,
+                                                   f"@region:{region_name}")  # fmt: skip
         failed = cache._writer.failed
         if failed and failed.blocks(names):
             stats.incr(region_name, "bypassed")
@@ -201,7 +219,8 @@ class ReadPath:
                         return result
                     if versions is None:
                         return None
-                return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind)
+                return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
+                                  rk if enc is not None else None)  # fmt: skip
             finally:
                 if mutex is not None:
                     try:
@@ -222,6 +241,11 @@ class ReadPath:
         if region is not None:
             return region, ttl, True
         stmt_opts = orm_state.statement._execution_options
+        identity = self.cache.identity_region
+        if (identity is not None and REGION_OPTION not in stmt_opts
+                and REGION_OPTION not in orm_state.local_execution_options
+                and _identity_load(orm_state)):  # fmt: skip
+            return identity, orm_state.execution_options.get(EXPIRATION_OPTION), True
         local = orm_state.local_execution_options
         session = orm_state.session
         tagged = True
@@ -297,18 +321,31 @@ class ReadPath:
                 roots.append(m)
         mappers = self._mapper_set(roots)
         codec.register_enums_of(c.type for c in getattr(stmt, "selected_columns", ()))
+        # a plain primary-key or lazy load (no options, no criteria of its own
+        # beyond what the SQL says) is keyed by its SQL alone: session.get()
+        # and a many-to-one lazy load of the same row share one entry
+        plain = _identity_load(orm_state) and not stmt._with_options
         digest = keys.make_digest(
             self.cache.namespace,
             str(codec.FORMAT_VERSION),
             bind_id,
             str(compiled),
-            keys.stable_repr(cache_key.key),
+            "plain" if plain else keys.stable_repr(cache_key.key),
             mappers.fingerprint,
             repr(shape_opts),
         )
         plan = keys.Plan(digest, compiled, tuple(sorted(tables)), mappers)
         if not found.pure:
             plan.uncacheable = found.reason or "not a pure read"
+        elif not stm and ANY_TABLE not in tables:
+            try:
+                rk = rows.row_key(compiled, cache_key.bindparams,
+                                  lambda t: canonical(t.name, t.schema, default))  # fmt: skip
+            except Exception as err:
+                log.debug("no row key: %r", err)
+                rk = None
+            if rk is not None and rk.table in tables:
+                plan.rowkey = rk
         self._plans.put(memo_key, plan)
         return plan
 
@@ -462,6 +499,7 @@ class ReadPath:
         plan: keys.Plan,
         ttl: float | None,
         bind: Any,
+        rk: rows.RowKey | None = None,
     ) -> Any:
         cache = self.cache
         stats = cache._stats
@@ -493,6 +531,13 @@ class ReadPath:
             stats.incr(region.name, "uncacheable")
             return out
         observed = rec.reads - {ALL_TABLES}
+        if rk is not None:
+            # its own table's rows are versioned by name (rows.RowKey.names)
+            observed = observed - {rk.table}
+            if rk.kind == "row" and not frozen.data:
+                # no row: not stored (an INSERT names no row it creates)
+                stats.incr(region.name, "not_stored")
+                return out
         if not observed.issubset(names):
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too
@@ -544,6 +589,20 @@ def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
         return orm_state._remaining_events()
     except Exception:
         return []
+
+
+def _identity_load(orm_state: ORMExecuteState) -> bool:
+    """A load of one identity (``session.get``, a many-to-one lazy load) or a lazy load?"""
+    if orm_state.lazy_loaded_from is not None:
+        return True
+    stmt: Any = orm_state.statement
+    crit = getattr(stmt, "_where_criteria", ())
+    if len(crit) != 1:
+        return False
+    subject = getattr(stmt, "_propagate_attrs", {}).get("plugin_subject")
+    mapper = getattr(subject, "mapper", None)
+    get_clause = getattr(mapper, "_get_clause", None)
+    return get_clause is not None and crit[0] is get_clause[0]
 
 
 def _rowcount_mode(rowcount: int | None, data: Any) -> int:

@@ -291,6 +291,7 @@ class ConnTracker:
     __slots__ = (
         "committing",
         "explicit_begin",
+        "hints",
         "isolation",
         "marked",
         "marks",
@@ -322,8 +323,12 @@ class ConnTracker:
         self.state_changed = False
         #: the post-commit half runs after the current statement
         self.settle_after = False
+        #: (Table, encoded primary key) -> old foreign-key values, from the
+        #: ORM just before its flush writes the row (:mod:`.rows`)
+        self.hints: dict[Any, Any] | None = None
 
     def end_transaction(self) -> None:
+        self.hints = None
         self.statements = 0
         self.explicit_begin = False
         self.text_txn = False

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import tracking
+from . import rows, tracking
 from .tracking import ALL_TABLES, ANY_TABLE, ConnTracker
 
 if TYPE_CHECKING:
@@ -80,7 +80,9 @@ class WritePath:
         writes = scan.writes
         if writes:
             if ALL_TABLES not in writes:
+                direct = writes
                 writes = tracking.write_closure(conn, writes, scan.truncate_cascade)
+                writes = writes | self._row_names(ct, context, direct, writes)
             if scan.implicit_commit and not autocommit and conn.in_transaction():
                 # MySQL commits the open transaction before (and after) this statement
                 self.before_commit(conn)
@@ -91,6 +93,48 @@ class WritePath:
             self.before_commit(conn)
             ct.written = set()
             ct.settle_after = True
+
+    def _row_names(
+        self, ct: ConnTracker, context: Any, direct: frozenset[str], writes: frozenset[str]
+    ) -> set[str]:
+        """The row-level names a write changes (:mod:`.rows`): the rows and
+        foreign-key groups it names, or every row (``t@rows``) of each table
+        it does not attribute to rows."""
+        out: set[str] = set()
+        single = len(direct) == 1 and not (
+            context is not None and context.execution_options.get("schema_translate_map")
+        )
+        for t in writes:
+            if t.startswith("@"):
+                continue
+            if single and t in direct:
+                try:
+                    found = rows.attribute_write(context, t, ct.hints)
+                except Exception:  # never our exception in the user's statement
+                    found = None
+                if found is not None:
+                    out |= found
+                    continue
+            out.add(rows.rows_any(t))
+        return out
+
+    def hint(self, info: dict[str, Any], mapper: Any, target: Any) -> None:
+        """``before_update`` / ``before_delete``: the row's foreign keys before the flush."""
+        try:
+            from sqlalchemy import inspect
+
+            state = inspect(target)
+            ct = self.tracker(info)
+            hints = ct.hints
+            if hints is None:
+                hints = ct.hints = {}
+            for table in mapper.tables:
+                if table.primary_key.columns:
+                    found = rows.hint_for(mapper, state, table)
+                    if found is not None:
+                        hints[found[0]] = found[1]
+        except Exception as err:  # a missing hint only widens the invalidation
+            log.debug("no row hint: %r", err)
 
     def after_statement(self, conn: Any) -> None:
         """``after_cursor_execute``: a statement that committed by itself has run."""

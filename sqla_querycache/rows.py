@@ -1,0 +1,384 @@
+"""Row-level version names: what a write names exactly, and what a read depends on.
+
+Table-level names (``product``) are bumped by every write to the table. When
+the identity cache is on, a write also bumps finer names, and entries that
+depend on rows read those instead of the table's:
+
+``product#7``
+    the row whose primary key is 7: bumped by an UPDATE or DELETE that names
+    it by primary key (ORM flushes, ``update(t).where(t.c.id == 7)``).
+``order[customer_id=5]``
+    the rows whose foreign key (a declared ``ForeignKeyConstraint``) is 5:
+    bumped when such a row is inserted, deleted or changed, or moves in or
+    out (old and new values). A collection entry (``customer.orders``)
+    depends on it.
+``order[customer_id=*]``
+    the same for every value: bumped when a write changes rows of that
+    foreign key whose values it cannot name (the ORM did not know the old
+    value, a bulk update by primary key).
+``product@rows``
+    every row: bumped by every write to the table that is not attributed to
+    named rows (bulk/Core/text DML, a cascade the database applies, DDL).
+
+Every row-level entry also depends on ``@rows`` of its table; a write that is
+attributed bumps the row and membership names it changed, one that is not
+bumps ``@rows``. Both still bump the table's own name, so query results over
+the table are invalidated as before. Keys are named only for integer and UUID
+values of integer and UUID columns (other types compare by collation, which
+the names could not mirror: their reads depend on the table instead).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ColumnClause,
+    TextClause,
+)
+from sqlalchemy.sql.schema import ForeignKeyConstraint
+from sqlalchemy.sql.selectable import Select
+
+ROWS = "@rows"
+
+
+def rows_any(table: str) -> str:
+    return table + ROWS
+
+
+def _enc(value: Any) -> str | None:
+    t = type(value)
+    if t is int:
+        return str(value)
+    if t is uuid.UUID:
+        return "u" + value.hex
+    return None
+
+
+def encode(values: Sequence[Any]) -> str | None:
+    """The values of a key as they appear in a name, or None if they cannot be named."""
+    parts = []
+    for v in values:
+        e = _enc(v)
+        if e is None:
+            return None
+        parts.append(e)
+    return ",".join(parts)
+
+
+def row_name(table: str, enc: str) -> str:
+    return f"{table}#{enc}"
+
+
+def member_name(table: str, cols: Sequence[str], enc: str) -> str:
+    return f"{table}[{','.join(cols)}={enc}]"
+
+
+def nameable(col: Any) -> bool:
+    """Can values of this column be named (integer and UUID columns)?"""
+    try:
+        py = col.type.python_type
+    except Exception:
+        return False
+    return py is int or py is uuid.UUID
+
+
+def fk_groups(table: Table) -> list[tuple[str, ...]]:
+    """The column-name tuples of the table's declared foreign keys (sorted, nameable)."""
+    found = []
+    for fk in table.constraints:
+        if isinstance(fk, ForeignKeyConstraint):
+            cols = fk.columns
+            if all(nameable(c) for c in cols):
+                found.append(tuple(sorted(c.name for c in cols)))
+    return found
+
+
+def _conjuncts(criteria: Iterable[Any]) -> Iterator[Any]:
+    for c in criteria:
+        if isinstance(c, BooleanClauseList) and c.operator is operators.and_:
+            yield from _conjuncts(c.clauses)
+        else:
+            yield c
+
+
+def equalities(table: Any, criteria: Iterable[Any]) -> dict[str, BindParameter[Any]] | None:
+    """``table column name -> bind parameter`` of the ``col = :param`` conjuncts.
+
+    None if a conjunct is not plain (the caller then names nothing): a
+    conjunct that is not an equality still only narrows the rows, so it is
+    allowed; one that refers to another table or to SQL text is not.
+    """
+    found: dict[str, BindParameter[Any]] = {}
+    for c in _conjuncts(criteria):
+        if isinstance(c, BinaryExpression) and c.operator is operators.eq:
+            left, right = c.left, c.right
+            if isinstance(right, ColumnClause) and isinstance(left, BindParameter):
+                left, right = right, left
+            if isinstance(left, ColumnClause) and isinstance(right, BindParameter):
+                col = table.c.corresponding_column(left) if left.table is not None else None
+                if col is None or col.table is not table:
+                    return None
+                if col.name in found:
+                    return None  # id = :a AND id = :b: not one row
+                found[col.name] = right
+                continue
+        if not _only_table(table, c):
+            return None
+    return found
+
+
+def _only_table(table: Any, element: Any) -> bool:
+    """Does this criterion read nothing but columns of ``table`` and bound values?"""
+    from sqlalchemy.sql import visitors
+
+    for e in visitors.iterate(element):
+        if isinstance(e, (TextClause, Select)):
+            return False
+        if isinstance(e, ColumnClause):
+            if e.table is None or e.table.corresponding_column(e) is None:
+                return False
+            if table.c.corresponding_column(e) is None:
+                return False
+    return True
+
+
+# ----------------------------------------------------------------- writes
+
+
+def _set_columns(compiled: Any, stmt: Any, table: Table) -> set[str] | None:
+    """Names of the columns an UPDATE may set (None: cannot tell)."""
+    cols: set[str] = set()
+    for k in getattr(stmt, "_values", None) or {}:
+        name = getattr(k, "name", k)
+        if not isinstance(name, str):
+            return None
+        cols.add(name)
+    if getattr(stmt, "_ordered_values", None) or getattr(stmt, "_multi_values", None):
+        return None
+    keys = getattr(compiled, "column_keys", None) or ()
+    for c in table.c:
+        if c.key in keys:
+            cols.add(c.name)
+    return cols
+
+
+def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None) -> set[str] | None:
+    """The row-level names one DML statement changes, or None if it names no rows.
+
+    ``hints`` maps ``(Table, encoded primary key)`` to the old values of the
+    row's foreign keys, as the ORM knew them before its flush changed them.
+    """
+    compiled = getattr(context, "compiled", None)
+    stmt = getattr(compiled, "statement", None)
+    if not isinstance(stmt, (Update, Delete, Insert)) or not isinstance(stmt.table, Table):
+        return None
+    if stmt._independent_ctes or getattr(stmt, "_extra_froms", None):
+        return None
+    table: Table = stmt.table
+    params = context.compiled_parameters
+    if not params:
+        return None
+    groups = fk_groups(table)
+    names: set[str] = set()
+    if isinstance(stmt, Insert):
+        if (stmt.select is not None or stmt._post_values_clause is not None
+                or stmt._multi_values):  # fmt: skip
+            return None  # INSERT ... SELECT, upserts, multi-row VALUES
+        by_name = {c.name: c.key for c in table.c}
+        for p in params:
+            for g in groups:
+                keys = [by_name[n] for n in g]
+                if any(k not in p for k in keys):
+                    names.add(member_name(table_name, g, "*"))
+                    continue
+                vals = [p[k] for k in keys]
+                if any(v is None for v in vals):
+                    continue  # a NULL foreign key: in no collection
+                enc = encode(vals)
+                names.add(member_name(table_name, g, enc if enc is not None else "*"))
+        return names
+    pk = [c for c in table.primary_key.columns]
+    if not pk or not all(nameable(c) for c in pk):
+        return None
+    eq = equalities(table, stmt._where_criteria)
+    if eq is None or any(c.name not in eq for c in pk):
+        return None
+    bind_names = compiled.bind_names
+    pk_keys = []
+    for c in pk:
+        key = bind_names.get(eq[c.name])
+        if key is None:
+            return None
+        pk_keys.append(key)
+    set_cols: set[str] = set()
+    if isinstance(stmt, Update):
+        found = _set_columns(compiled, stmt, table)
+        if found is None or any(c.name in found for c in pk):
+            return None  # a primary key that changes: not named here
+        set_cols = found
+    by_key = {c.name: c.key for c in table.c}
+    for p in params:
+        try:
+            enc = encode([p[k] for k in pk_keys])
+        except KeyError:
+            return None
+        if enc is None:
+            return None
+        names.add(row_name(table_name, enc))
+        old = hints.get((table, enc)) if hints else None
+        for g in groups:
+            before = old.get(g) if old is not None else None
+            if before != "null":  # a row in no collection leaves none
+                names.add(member_name(table_name, g, before if before is not None else "*"))
+            if isinstance(stmt, Update) and not set_cols.isdisjoint(g):
+                keys = [by_key[n] for n in g]
+                if all(k in p for k in keys):
+                    vals = [p[k] for k in keys]
+                    if all(v is not None for v in vals):
+                        after = encode(vals)
+                        names.add(member_name(table_name, g, after if after else "*"))
+                else:
+                    names.add(member_name(table_name, g, "*"))
+    return names
+
+
+def hint_for(mapper: Any, state: Any, table: Table) -> tuple[Any, dict[Any, str | None]] | None:
+    """(key, old foreign-key values) of one object's row in ``table``, before the flush."""
+    from sqlalchemy.orm.base import NO_VALUE
+
+    dict_ = state.dict
+    committed = state.committed_state
+
+    def old(col: Any) -> Any:
+        prop = mapper._columntoproperty.get(col)
+        if prop is None:
+            return NO_VALUE
+        key = prop.key
+        if key in committed:
+            return committed[key]
+        return dict_.get(key, NO_VALUE)
+
+    pk = [old(c) for c in table.primary_key.columns]
+    enc = encode(pk)
+    if enc is None:
+        return None
+    values: dict[Any, str | None] = {}
+    for g in fk_groups(table):
+        vals = [old(table.c[n]) for n in g]
+        if any(v is NO_VALUE for v in vals):
+            values[g] = None
+        elif any(v is None for v in vals):
+            values[g] = "null"  # was in no collection: nothing to leave
+        else:
+            values[g] = encode(vals)
+    return (table, enc), values
+
+
+
+# ------------------------------------------------------------------ reads
+
+
+class RowKey:
+    """How one statement shape's executions name the rows they read.
+
+    ``kind`` is ``"row"`` (the primary key of the only table read is bound:
+    one row) or ``"member"`` (a declared foreign key is bound: one
+    collection). ``positions`` locate the bound values among the cache key's
+    bind parameters, which are aligned for every statement of a shape.
+    """
+
+    __slots__ = ("cols", "kind", "positions", "table")
+
+    def __init__(self, table: str, kind: str, cols: tuple[str, ...], positions: list[int]):
+        self.table = table
+        self.kind = kind
+        self.cols = cols
+        self.positions = positions
+
+    def encode(self, bindparams: Sequence[Any], params: Any, stmt_params: Any) -> str | None:
+        """This execution's key values, encoded (None: NULL or not nameable)."""
+        values = []
+        for i in self.positions:
+            bp = bindparams[i]
+            k = bp.key
+            if params and k in params:
+                v = params[k]
+            elif stmt_params and k in stmt_params:
+                v = stmt_params[k]
+            else:
+                v = bp.effective_value
+            values.append(v)
+        return encode(values)
+
+    def names(self, tables: Iterable[str], enc: str) -> list[str]:
+        """The version names an execution with key ``enc`` depends on."""
+        out: list[str] = []
+        for t in tables:
+            if t != self.table:
+                out.append(t)
+                continue
+            out.append(rows_any(t))
+            if self.kind == "row":
+                out.append(row_name(t, enc))
+            else:
+                out.append(member_name(t, self.cols, enc))
+                out.append(member_name(t, self.cols, "*"))
+        return out
+
+
+def row_key(compiled: Any, bindparams: Sequence[Any], table_name: Any) -> RowKey | None:
+    """The :class:`RowKey` of a compiled SELECT, or None (it depends on whole tables).
+
+    Only a statement whose one FROM is a table, with no subquery or SQL text
+    anywhere, qualifies: then the rows it reads are exactly those its bound
+    primary key (or foreign key) selects.
+    """
+    from sqlalchemy.sql import visitors
+
+    state = getattr(compiled, "compile_state", None)
+    core = getattr(state, "statement", None)
+    if not isinstance(core, Select):
+        return None
+    froms = core.get_final_froms()
+    if len(froms) != 1 or not isinstance(froms[0], Table):
+        return None
+    table = froms[0]
+    for e in visitors.iterate(core):
+        if e is core:
+            continue
+        if isinstance(e, (Select, TextClause)):
+            return None
+        if isinstance(e, ColumnClause) and e.table is None:
+            return None  # literal_column(): text we cannot read
+    eq = equalities(table, core._where_criteria)
+    if not eq:
+        return None
+    pk = list(table.primary_key.columns)
+    chosen: tuple[str, tuple[str, ...]] | None = None
+    if pk and all(nameable(c) and c.name in eq for c in pk):
+        chosen = ("row", tuple(c.name for c in pk))
+    else:
+        for g in fk_groups(table):
+            if all(n in eq for n in g):
+                chosen = ("member", g)
+                break
+    if chosen is None:
+        return None
+    kind, cols = chosen
+    index = {bp.key: i for i, bp in enumerate(bindparams)}
+    positions = []
+    for n in cols:
+        i = index.get(eq[n].key)
+        if i is None:
+            return None
+        positions.append(i)
+    return RowKey(table_name(table), kind, cols, positions)
