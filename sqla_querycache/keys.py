@@ -361,7 +361,8 @@ def entry_key(
         # (as SQLAlchemy binds it): keys stay the same whatever the parameter's
         # name, which for a lazy load embeds an id() of this process
         values: list[Any] = [
-            params[bp.key] if bp.key in params else bp.effective_value for bp in bindparams
+            params[bp.key] if bp.key in params else bp.effective_value  # noqa: SIM401
+            for bp in bindparams
         ]
         own = {bp.key for bp in bindparams}
         rest = sorted((str(k), v) for k, v in params.items() if k not in own)

@@ -89,7 +89,7 @@ def test_identity_region_must_be_a_configured_region() -> None:
 
 
 def test_get_is_a_hit_in_a_fresh_session(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     with maker() as s:
         p = s.get(m.Product, 7)
@@ -105,7 +105,7 @@ def test_get_is_a_hit_in_a_fresh_session(idc: Any, engine: Any) -> None:
 
 
 def test_a_row_update_invalidates_that_row_only(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     for pid in (7, 8):
         with maker() as s:
@@ -125,7 +125,7 @@ def test_a_row_update_invalidates_that_row_only(idc: Any, engine: Any) -> None:
 
 @pytest.mark.parametrize("how", ["orm_bulk", "core", "text", "delete_other"])
 def test_writes_that_name_no_row_invalidate_every_row(idc: Any, engine: Any, how: str) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     with maker() as s:
         s.get(m.Product, 3)
     with maker() as s:
@@ -144,7 +144,7 @@ def test_writes_that_name_no_row_invalidate_every_row(idc: Any, engine: Any, how
 
 
 def test_core_update_by_primary_key_is_row_level(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     for pid in (1, 2):
         with maker() as s:
@@ -162,7 +162,7 @@ def test_core_update_by_primary_key_is_row_level(idc: Any, engine: Any) -> None:
 
 
 def test_many_to_one_lazy_load_shares_the_row_entry(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     # each in its own session: under REPEATABLE READ (MariaDB's default) a
     # transaction that has read holds a snapshot, and bypasses the cache
@@ -184,7 +184,7 @@ def test_many_to_one_lazy_load_shares_the_row_entry(idc: Any, engine: Any) -> No
 
 
 def test_collections_follow_a_child_that_moves(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
 
     def orders(cid: int) -> list[Any]:
@@ -217,7 +217,7 @@ def test_collections_follow_a_child_that_moves(idc: Any, engine: Any) -> None:
 
 
 def test_collection_insert_and_delete(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
 
     def items(oid: int) -> list[Any]:
         with maker() as s:
@@ -238,7 +238,7 @@ def test_collection_insert_and_delete(idc: Any, engine: Any) -> None:
 
 
 def test_many_to_many_append_and_remove(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
 
     def tags(pid: int) -> list[int]:
         with maker() as s:
@@ -260,7 +260,7 @@ def test_many_to_many_append_and_remove(idc: Any, engine: Any) -> None:
 
 
 def test_inheritance_restores_the_concrete_class(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     for _ in range(3):
         mark = sql.count
@@ -280,7 +280,7 @@ def test_inheritance_restores_the_concrete_class(idc: Any, engine: Any) -> None:
 
 
 def test_bypasses(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     with maker() as s:
         s.get(m.Product, 9)
@@ -295,7 +295,7 @@ def test_bypasses(idc: Any, engine: Any) -> None:
 
 
 def test_pending_changes_are_never_overwritten(idc: Any, engine: Any) -> None:
-    cache, maker = idc
+    _cache, maker = idc
     with maker() as s:
         s.get(m.Product, 4)
     with maker() as s:
@@ -422,7 +422,7 @@ def _read(maker: Any, engine: Any, rnd: random.Random) -> None:
 def test_generated_reads_and_writes_never_stale(idc: Any, engine: Any, seed: int) -> None:
     cache, maker = idc
     rnd = random.Random(seed)
-    for step in range(120):
+    for _step in range(120):
         if rnd.random() < 0.25:
             _writes(maker, engine, rnd)
         for _ in range(3):
