@@ -283,7 +283,6 @@ def hint_for(mapper: Any, state: Any, table: Table) -> tuple[Any, dict[Any, str 
     return (table, enc), values
 
 
-
 # ------------------------------------------------------------------ reads
 
 
