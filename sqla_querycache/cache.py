@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
 from . import events, keys, tracking
@@ -176,6 +177,23 @@ class QueryCache:
         names.add(tracking.ANY_TABLE)  # entries that read tables they could not name
         self._writer.bump(sorted(names))
         return sorted(names)
+
+    def get_many(self, session: Any, entity: Any, ids: Iterable[Any], **get_kw: Any) -> Any:
+        """The objects of ``entity`` with these primary keys, in their order; absent ones skipped.
+
+        Each goes through ``session.get`` (the identity map, then the identity
+        region). With an ``AsyncSession`` this returns an awaitable.
+        """
+        run_sync = getattr(session, "run_sync", None)
+        if run_sync is not None and not isinstance(session, Session):
+            ids = list(ids)
+            return run_sync(lambda s: self.get_many(s, entity, ids, **get_kw))
+        out = []
+        for ident in ids:
+            obj = session.get(entity, ident, **get_kw)
+            if obj is not None:
+                out.append(obj)
+        return out
 
     def invalidate_region(self, name: str) -> None:
         """Invalidate every entry of one region, in every process sharing the versions."""

@@ -534,10 +534,13 @@ class ReadPath:
         if rk is not None:
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
-            if rk.kind == "row" and not frozen.data:
-                # no row: not stored (an INSERT names no row it creates)
-                stats.incr(region.name, "not_stored")
-                return out
+            if rk.kind == "row" and frozen.data:
+                # a row found depends on it alone; "no such row" on inserts too
+                ins = rows.inserts(rk.table)
+                keep = [i for i, n in enumerate(names) if n != ins]
+                k = len(versions) - len(names)  # a store's own values first (epoch)
+                versions = versions[:k] + [versions[k + i] for i in keep]
+                names = tuple(names[i] for i in keep)
         if not observed.issubset(names):
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too

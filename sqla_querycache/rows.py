@@ -48,10 +48,25 @@ from sqlalchemy.sql.schema import ForeignKeyConstraint
 from sqlalchemy.sql.selectable import Select
 
 ROWS = "@rows"
+INSERTS = "@ins"
 
 
 def rows_any(table: str) -> str:
     return table + ROWS
+
+
+def inserts(table: str) -> str:
+    """Bumped by every INSERT into the table: "no such row" entries depend on it."""
+    return table + INSERTS
+
+
+def with_rows(names: Iterable[str]) -> list[str]:
+    """``names`` plus ``t@rows`` of every table among them: an invalidation by
+    table (``invalidate()``, a migration) reaches row-level entries too."""
+    out = set(names)
+    out.update(rows_any(n) for n in names if not n.startswith("@") and "#" not in n
+               and "[" not in n and not n.endswith(ROWS))  # fmt: skip
+    return sorted(out)
 
 
 def _enc(value: Any) -> str | None:
@@ -194,6 +209,7 @@ def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None)
                 or stmt._multi_values):  # fmt: skip
             return None  # INSERT ... SELECT, upserts, multi-row VALUES
         by_name = {c.name: c.key for c in table.c}
+        names.add(inserts(table_name))
         for p in params:
             for g in groups:
                 keys = [by_name[n] for n in g]
@@ -328,6 +344,7 @@ class RowKey:
             out.append(rows_any(t))
             if self.kind == "row":
                 out.append(row_name(t, enc))
+                out.append(inserts(t))  # kept by an entry only if it found no row
             else:
                 out.append(member_name(t, self.cols, enc))
                 out.append(member_name(t, self.cols, "*"))

@@ -299,6 +299,7 @@ class WritePath:
     # -------------------------------------------------------------- manual
 
     def bump(self, names: Sequence[str]) -> None:
+        names = rows.with_rows(names)
         try:
             self.versions.bump(names)
         except Exception as err:  # fail open: remember and retry

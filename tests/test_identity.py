@@ -430,3 +430,111 @@ def test_generated_reads_and_writes_never_stale(idc: Any, engine: Any, seed: int
     # the comparison ran against hits, not only misses (fewer under REPEATABLE
     # READ, where a session's reads after its first miss bypass the cache)
     assert hits(cache) > (40 if engine.dialect.name == "mysql" else 100)
+
+
+def test_get_many_keeps_order_and_skips_absent(idc: Any, engine: Any) -> None:
+    cache, maker = idc
+    sql = StatementCounter(engine)
+    with maker() as s:
+        got = cache.get_many(s, m.Product, [5, 999, 2, 7])
+        assert [p.id for p in got] == [5, 2, 7]
+    for i in (5, 2, 7):  # stored from fresh sessions (REPEATABLE READ: see above)
+        with maker() as s:
+            cache.get_many(s, m.Product, [i])
+    mark = sql.count
+    with maker() as s:
+        assert [p.name for p in cache.get_many(s, m.Product, [5, 2, 7])] == [
+            db_product(engine, i).name for i in (5, 2, 7)
+        ]
+    assert sql.since(mark) == 3  # only the oracle's three reads: the objects were hits
+    sql.close()
+
+
+def test_invalidate_reaches_row_entries(idc: Any, engine: Any) -> None:
+    cache, maker = idc
+    with maker() as s:
+        s.get(m.Product, 6)
+    raw = engine.raw_connection()  # a write no hook sees (another application)
+    try:
+        cur = raw.cursor()
+        cur.execute("UPDATE product SET name = 'behind our back' WHERE id = 6")
+        raw.commit()
+    finally:
+        raw.close()
+    with maker() as s:
+        assert s.get(m.Product, 6).name != "behind our back"  # stale, as expected, until:
+    cache.invalidate(m.Product)
+    with maker() as s:
+        assert s.get(m.Product, 6).name == "behind our back"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_async_session_get_and_awaitable_attrs(kind: str, tmp_path_factory: Any) -> None:
+    import asyncio
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+    from .test_async import _prepare, async_url
+
+    url = async_url(kind, tmp_path_factory)
+    asyncio.run(_prepare(url))
+    cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache.install(AsyncSession)
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        maker = async_sessionmaker(engine, expire_on_commit=False)
+        sql = StatementCounter(engine.sync_engine)
+        try:
+            for _ in range(2):
+                async with maker() as s:
+                    await cache.get_many(s, m.Order, [31, 32, 99])
+                async with maker() as s:
+                    order = await s.get(m.Order, 30)
+                    cust = await order.awaitable_attrs.customer
+                    orders = await cust.awaitable_attrs.orders
+                    assert cust.id == 3 and [o.id for o in orders] == [30, 31, 32]
+            mark = sql.count
+            async with maker() as s:
+                order = await s.get(m.Order, 30)
+                assert (await order.awaitable_attrs.customer).name == "customer 3"
+                assert len(await cache.get_many(s, m.Order, [31, 32, 99])) == 2
+            assert sql.since(mark) == 0
+            async with maker() as s:
+                (await s.get(m.Order, 31)).customer_id = 1
+                await s.commit()
+            async with maker() as s:
+                cust = await s.get(m.Customer, 3)
+                assert [o.id for o in await cust.awaitable_attrs.orders] == [30, 32]
+        finally:
+            sql.close()
+            await engine.dispose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        cache.uninstall()
+
+
+@pytest.mark.parametrize("how", ["orm", "core", "text"])
+def test_no_such_row_is_cached_until_an_insert(idc: Any, engine: Any, how: str) -> None:
+    _cache, maker = idc
+    sql = StatementCounter(engine)
+    for _ in range(2):
+        with maker() as s:
+            assert s.get(m.Tag, 77) is None
+    mark = sql.count
+    with maker() as s:
+        assert s.get(m.Tag, 77) is None
+    assert sql.since(mark) == 0  # "no such row" was a hit
+    with maker() as s:
+        if how == "orm":
+            s.add(m.Tag(id=77, label="new"))
+        elif how == "core":
+            s.connection().execute(m.Tag.__table__.insert().values(id=77, label="new"))
+        else:
+            s.execute(text("INSERT INTO tag (id, label) VALUES (77, 'new')"))
+        s.commit()
+    with maker() as s:
+        assert s.get(m.Tag, 77).label == "new"
+    sql.close()
