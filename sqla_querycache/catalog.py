@@ -193,6 +193,13 @@ _PG_RULE_OPS = {"2": "update", "3": "insert", "4": "delete"}
 _PG_KINDS = {"r": "table", "p": "partitioned", "v": "view", "m": "matview", "f": "foreign"}
 
 
+def _char(value: Any) -> str:
+    """A PostgreSQL ``"char"`` column's value: asyncpg returns it as bytes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("ascii")
+    return str(value)
+
+
 def _load_postgresql(run: Runner, default_schema: str) -> _Facts:
     f = _Facts(default_schema)
     rels: dict[int, str] = {}
@@ -203,7 +210,7 @@ def _load_postgresql(run: Runner, default_schema: str) -> _Facts:
         "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
         "AND n.nspname !~ '^pg_(toast|temp_)'"
     ):
-        rels[int(oid)] = f.add(schema, name, _PG_KINDS[str(kind)])
+        rels[int(oid)] = f.add(schema, name, _PG_KINDS[_char(kind)])
     for child, parent in run("SELECT inhrelid, inhparent FROM pg_inherits"):
         if int(child) in rels and int(parent) in rels:  # skips partitioned indexes
             f.parents.setdefault(rels[int(child)], set()).add(rels[int(parent)])
@@ -212,14 +219,14 @@ def _load_postgresql(run: Runner, default_schema: str) -> _Facts:
         "WHERE contype = 'f'"
     ):
         if int(child) in rels and int(parent) in rels:
-            f.fk(rels[int(child)], rels[int(parent)], on_delete, on_update)
+            f.fk(rels[int(child)], rels[int(parent)], _char(on_delete), _char(on_update))
     for rel, tgtype in run("SELECT tgrelid, tgtype FROM pg_trigger WHERE NOT tgisinternal"):
         ops = {op for bit, op in _PG_OPS if int(tgtype) & bit} or set(OPERATIONS)
         if int(rel) in rels:
             f.triggers.setdefault(rels[int(rel)], set()).update(ops)
     for rel, ev_type in run("SELECT ev_class, ev_type FROM pg_rewrite WHERE ev_type <> '1'"):
         if int(rel) in rels:
-            op = _PG_RULE_OPS.get(str(ev_type))
+            op = _PG_RULE_OPS.get(_char(ev_type))
             f.rules.setdefault(rels[int(rel)], set()).update({op} if op else OPERATIONS)
     views = {oid for oid, canon in rels.items() if f.kinds[canon] == "view"}
     deps: dict[str, set[str] | None] = {rels[oid]: set() for oid in views}
@@ -744,7 +751,8 @@ def _in_memory_sqlite(engine: Any) -> bool:
 def _load_with(connection: Any, dialect: Any, timeout: float, include_temp: bool) -> _Facts:
     name = dialect.name
     if name == "sqlite":
-        raw = connection.connection.driver_connection
+        # the DBAPI connection (for aiosqlite, its adapter that runs in our greenlet)
+        raw = connection.connection.dbapi_connection
         counter = [0]
 
         def run_raw(sql: str) -> Rows:
