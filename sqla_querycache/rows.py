@@ -31,6 +31,7 @@ the names could not mirror: their reads depend on the table instead).
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -186,52 +187,47 @@ def _set_columns(compiled: Any, stmt: Any, table: Table) -> set[str] | None:
     return cols
 
 
-def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None) -> set[str] | None:
-    """The row-level names one DML statement changes, or None if it names no rows.
+class _WritePlan:
+    """What one compiled DML statement names, per execution (memoized per compiled)."""
 
-    ``hints`` maps ``(Table, encoded primary key)`` to the old values of the
-    row's foreign keys, as the ORM knew them before its flush changed them.
-    """
-    compiled = getattr(context, "compiled", None)
+    __slots__ = ("groups", "insert", "pk_keys", "sets", "table")
+
+    def __init__(self, table: Table, insert: bool, pk_keys: list[str],
+                 groups: list[tuple[tuple[str, ...], list[str], bool]]):  # fmt: skip
+        self.table = table
+        self.insert = insert
+        self.pk_keys = pk_keys
+        #: (group columns, their parameter keys, does the statement set them)
+        self.groups = groups
+
+
+_NO_PLAN = object()
+_write_plans: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _write_plan(compiled: Any) -> _WritePlan | None:
     stmt = getattr(compiled, "statement", None)
     if not isinstance(stmt, (Update, Delete, Insert)) or not isinstance(stmt.table, Table):
         return None
     if stmt._independent_ctes or getattr(stmt, "_extra_froms", None):
         return None
     table: Table = stmt.table
-    params = context.compiled_parameters
-    if not params:
-        return None
-    groups = fk_groups(table)
-    names: set[str] = set()
+    key_of = {c.name: c.key for c in table.c}
     if isinstance(stmt, Insert):
         if (stmt.select is not None or stmt._post_values_clause is not None
                 or stmt._multi_values):  # fmt: skip
             return None  # INSERT ... SELECT, upserts, multi-row VALUES
-        by_name = {c.name: c.key for c in table.c}
-        names.add(inserts(table_name))
-        for p in params:
-            for g in groups:
-                keys = [by_name[n] for n in g]
-                if any(k not in p for k in keys):
-                    names.add(member_name(table_name, g, "*"))
-                    continue
-                vals = [p[k] for k in keys]
-                if any(v is None for v in vals):
-                    continue  # a NULL foreign key: in no collection
-                enc = encode(vals)
-                names.add(member_name(table_name, g, enc if enc is not None else "*"))
-        return names
-    pk = [c for c in table.primary_key.columns]
+        groups = [(g, [key_of[n] for n in g], True) for g in fk_groups(table)]
+        return _WritePlan(table, True, [], groups)
+    pk = list(table.primary_key.columns)
     if not pk or not all(nameable(c) for c in pk):
         return None
     eq = equalities(table, stmt._where_criteria)
     if eq is None or any(c.name not in eq for c in pk):
         return None
-    bind_names = compiled.bind_names
     pk_keys = []
     for c in pk:
-        key = bind_names.get(eq[c.name])
+        key = compiled.bind_names.get(eq[c.name])
         if key is None:
             return None
         pk_keys.append(key)
@@ -241,22 +237,57 @@ def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None)
         if found is None or any(c.name in found for c in pk):
             return None  # a primary key that changes: not named here
         set_cols = found
-    by_key = {c.name: c.key for c in table.c}
+    groups = [(g, [key_of[n] for n in g], not set_cols.isdisjoint(g)) for g in fk_groups(table)]
+    return _WritePlan(table, False, pk_keys, groups)
+
+
+def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None) -> set[str] | None:
+    """The row-level names one DML statement changes, or None if it names no rows.
+
+    ``hints`` maps ``(Table, encoded primary key)`` to the old values of the
+    row's foreign keys, as the ORM knew them before its flush changed them.
+    """
+    compiled = getattr(context, "compiled", None)
+    if compiled is None:
+        return None
+    plan = _write_plans.get(compiled, _NO_PLAN)
+    if plan is _NO_PLAN:
+        plan = _write_plan(compiled)
+        _write_plans[compiled] = plan
+    if plan is None:
+        return None
+    params = context.compiled_parameters
+    if not params:
+        return None
+    names: set[str] = set()
+    if plan.insert:
+        names.add(inserts(table_name))
+        for p in params:
+            for g, keys, _ in plan.groups:
+                if any(k not in p for k in keys):
+                    names.add(member_name(table_name, g, "*"))
+                    continue
+                vals = [p[k] for k in keys]
+                if any(v is None for v in vals):
+                    continue  # a NULL foreign key: in no collection
+                enc = encode(vals)
+                names.add(member_name(table_name, g, enc if enc is not None else "*"))
+        return names
+    table = plan.table
     for p in params:
         try:
-            enc = encode([p[k] for k in pk_keys])
+            enc = encode([p[k] for k in plan.pk_keys])
         except KeyError:
             return None
         if enc is None:
             return None
         names.add(row_name(table_name, enc))
         old = hints.get((table, enc)) if hints else None
-        for g in groups:
+        for g, keys, sets in plan.groups:
             before = old.get(g) if old is not None else None
             if before != "null":  # a row in no collection leaves none
                 names.add(member_name(table_name, g, before if before is not None else "*"))
-            if isinstance(stmt, Update) and not set_cols.isdisjoint(g):
-                keys = [by_key[n] for n in g]
+            if sets:
                 if all(k in p for k in keys):
                     vals = [p[k] for k in keys]
                     if all(v is not None for v in vals):
