@@ -156,6 +156,10 @@ class QueryCache:
         """Per table: ``invalidations`` (writes committed) and ``bypassed`` reads."""
         return self._stats.tables()
 
+    def identity_stats(self) -> dict[str, dict[str, Any]]:
+        """Identity-cache loads per mapped class in this process: hits, misses, hit ratio."""
+        return self._stats.classes()
+
     def reset_stats(self) -> None:
         self._stats.reset()
 
@@ -224,6 +228,13 @@ class QueryCache:
                 f"  {name!r}: {store.kind} hits={s['hits']} misses={s['misses']} "
                 f"stores={s['stores']} errors={s['errors']} hit_ratio={ratio}"
             )
+        if self.identity_region is not None:
+            per_class = " ".join(
+                f"{name}={c['hits']}/{c['hits'] + c['misses']}"
+                for name, c in self.identity_stats().items()
+            )
+            parts.append(f"  identity region {self.identity_region!r}: hits/loads per class: "
+                         f"{per_class or '-'}")  # fmt: skip
         state = "installed" if self._installed is not None else "not installed"
         return (
             f"<QueryCache namespace={self.namespace!r} versions={self.versions!r} "

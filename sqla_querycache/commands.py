@@ -114,6 +114,38 @@ def entries(cache: QueryCache, region: str = "default", limit: int = 50) -> Rows
     return out
 
 
+def identity(cache: QueryCache) -> Rows:
+    """The identity region: row and collection entries per table, and this process's
+    hits per class."""
+    region = cache.identity_region
+    if region is None:
+        return [{"table": "(identity cache off: QueryCache(identity_region=...))"}]
+    per_table: dict[str, dict[str, int]] = {}
+    for _key, _raw, entry in _region_entries(cache, region):
+        if isinstance(entry, Exception):
+            continue
+        for name in entry[3]:
+            table, kind = _row_level(name)
+            if table is not None:
+                row = per_table.setdefault(table, {"rows": 0, "collections": 0})
+                row[kind] += 1
+                break
+    out: Rows = [{"table": t, "row_entries": c["rows"], "collection_entries": c["collections"]}
+                 for t, c in sorted(per_table.items())]  # fmt: skip
+    for name, c in cache.identity_stats().items():
+        out.append({"class": name, "hits": c["hits"], "misses": c["misses"],
+                    "hit_ratio": c["hit_ratio"]})  # fmt: skip
+    return out
+
+
+def _row_level(name: str) -> tuple[str | None, str]:
+    if "#" in name:
+        return name.split("#", 1)[0], "rows"
+    if "[" in name and not name.endswith("=*]"):
+        return name.split("[", 1)[0], "collections"
+    return None, ""
+
+
 def _still_valid(cache: QueryCache, names: list[str], versions: list[int]) -> Any:
     store = cache.versions
     if getattr(store, "needs_bind", False):
@@ -216,5 +248,6 @@ COMMANDS: dict[str, Command] = {
     "entries": Command(entries),
     "versions": Command(versions),
     "invalidate": Command(invalidate),
+    "identity": Command(identity),
     "demo": Command(demo, needs_cache=False, render=_print_demo),
 }

@@ -200,12 +200,17 @@ class ReadPath:
         ttl = ttl if ttl is not None else region.expiration_time
         run_bind = bind if type(session).get_bind is Session.get_bind else None
         result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
+        klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
+            if klass is not None:
+                stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
             stats.incr(region_name, "bypassed")
             return None
         stats.incr(region_name, "misses")
+        if klass is not None:
+            stats.klass(klass, "misses")
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
             if mutex is not None:
@@ -592,6 +597,13 @@ def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
         return orm_state._remaining_events()
     except Exception:
         return []
+
+
+def _identity_class(orm_state: ORMExecuteState) -> str | None:
+    """The class an identity load loads (its name, for the per-class counters)."""
+    subject = getattr(orm_state.statement, "_propagate_attrs", {}).get("plugin_subject")
+    cls = getattr(subject, "class_", None)
+    return cls.__name__ if cls is not None else None
 
 
 def _identity_load(orm_state: ORMExecuteState) -> bool:

@@ -18,6 +18,7 @@ class Stats:
         self._lock = threading.Lock()
         self._regions: dict[str, Counter[str]] = {name: Counter() for name in regions}
         self._tables: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._classes: defaultdict[str, Counter[str]] = defaultdict(Counter)
 
     def incr(self, region: str, counter: str, n: int = 1) -> None:
         with self._lock:
@@ -26,6 +27,21 @@ class Stats:
     def table(self, name: str, counter: str, n: int = 1) -> None:
         with self._lock:
             self._tables[name][counter] += n
+
+    def klass(self, name: str, counter: str) -> None:
+        with self._lock:
+            self._classes[name][counter] += 1
+
+    def classes(self) -> dict[str, dict[str, Any]]:
+        """Identity-cache loads per mapped class: hits, misses, hit ratio."""
+        with self._lock:
+            out = {}
+            for name, c in sorted(self._classes.items()):
+                hits, misses = c.get("hits", 0), c.get("misses", 0)
+                looked = hits + misses
+                out[name] = {"hits": hits, "misses": misses,
+                             "hit_ratio": round(hits / looked, 4) if looked else None}  # fmt: skip
+            return out
 
     def regions(self) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -46,3 +62,4 @@ class Stats:
             for c in self._regions.values():
                 c.clear()
             self._tables.clear()
+            self._classes.clear()

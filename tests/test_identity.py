@@ -542,3 +542,23 @@ def test_no_such_row_is_cached_until_an_insert(idc: Any, engine: Any, how: str) 
     with maker() as s:
         assert s.get(m.Tag, 77).label == "new"
     sql.close()
+
+
+def test_identity_stats_repr_and_command(idc: Any, engine: Any) -> None:
+    from sqla_querycache import commands
+
+    cache, maker = idc
+    for _ in range(3):  # three: under REPEATABLE READ the first lazy load bypasses
+        with maker() as s:
+            s.get(m.Product, 1)
+        with maker() as s:
+            s.get(m.Customer, 1).orders  # noqa: B018
+    per_class = cache.identity_stats()
+    assert per_class["Product"]["hits"] == 2 and per_class["Product"]["misses"] == 1
+    assert per_class["Order"]["hits"] >= 1
+    assert "identity region 'default'" in repr(cache) and "Product=2/3" in repr(cache)
+    rows = commands.identity(cache)
+    tables = {r["table"]: r for r in rows if "table" in r}
+    assert tables["product"]["row_entries"] == 1
+    assert tables["orders"]["collection_entries"] == 1
+    assert any(r.get("class") == "Product" for r in rows)
