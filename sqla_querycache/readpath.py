@@ -537,6 +537,13 @@ class ReadPath:
             return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
+            if rk.table in rec.again:
+                # another statement of this load (an eager load back to the same
+                # table) read rows the key does not name: whole tables from now on
+                plan.rowkey = None
+                self._learn(plan, observed)
+                stats.incr(region.name, "not_stored")
+                return out
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
             if rk.kind == "row" and frozen.data:

@@ -103,17 +103,21 @@ def scan_sql(dialect: Any, sql: str) -> sqlscan.Analysis:
 class Recorder:
     """What the statements run during one cache miss read."""
 
-    __slots__ = ("impure", "parent", "reads", "wrote")
+    __slots__ = ("again", "impure", "parent", "reads", "wrote")
 
     def __init__(self, parent: Recorder | None):
         self.parent = parent
         self.reads: set[str] = set()
+        #: tables read by more than one statement of the load
+        self.again: set[str] = set()
         self.impure: str | None = None
         self.wrote = False
 
     def add(self, found: sqlscan.Analysis) -> None:
         rec: Recorder | None = self
         while rec is not None:  # a miss inside a miss: the outer one read it too
+            if not rec.reads.isdisjoint(found.reads):
+                rec.again |= rec.reads & found.reads
             rec.reads |= found.reads
             if found.writes:
                 rec.wrote = True

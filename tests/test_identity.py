@@ -13,8 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import ForeignKey, String, delete, select, text, update
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from sqla_querycache import NoCache, QueryCache
 from sqla_querycache.exc import ConfigurationError
@@ -562,3 +569,48 @@ def test_identity_stats_repr_and_command(idc: Any, engine: Any) -> None:
     assert tables["product"]["row_entries"] == 1
     assert tables["orders"]["collection_entries"] == 1
     assert any(r.get("class") == "Product" for r in rows)
+
+
+def test_eager_load_back_to_the_same_table_depends_on_the_table(engine: Any) -> None:
+    """A row entry whose load also read other rows of its table (a selectin load
+    of a self-referential relationship) must not depend on its own row only."""
+
+    class B(DeclarativeBase):
+        pass
+
+    class Node(B):
+        __tablename__ = "qc_node"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(20))
+        parent_id: Mapped[int | None] = mapped_column(ForeignKey("qc_node.id"))
+        parent: Mapped[Node | None] = relationship(
+            remote_side=[id], lazy="selectin", back_populates="children"
+        )
+        children: Mapped[list[Node]] = relationship(lazy="selectin", back_populates="parent")
+
+    B.metadata.drop_all(engine)
+    B.metadata.create_all(engine)
+    cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache.install(Session)
+    try:
+        with Session(engine) as s:
+            s.add_all([Node(id=1, name="root"), Node(id=2, name="leaf", parent_id=1)])
+            s.commit()
+        for _ in range(3):
+            with Session(engine) as s:
+                assert s.get(Node, 2).parent.name == "root"
+            with Session(engine) as s:
+                assert [c.name for c in s.get(Node, 1).children] == ["leaf"]
+        with Session(engine) as s:
+            s.get(Node, 1).name = "renamed"
+            s.commit()
+        with Session(engine) as s:
+            assert s.get(Node, 2).parent.name == "renamed"
+        with Session(engine) as s:
+            s.get(Node, 2).name = "leaf2"  # read by node 1's eager load of its children
+            s.commit()
+        with Session(engine) as s:
+            assert [c.name for c in s.get(Node, 1).children] == ["leaf2"]
+    finally:
+        cache.uninstall()
+        B.metadata.drop_all(engine)
