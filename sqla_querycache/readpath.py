@@ -390,7 +390,7 @@ class ReadPath:
             if entry is None:
                 if raw is None:
                     return None, versions
-                entry = Entry.decode(raw, key)
+                entry = Entry.decode(cache.sealer.open(key, raw), key)
                 self.memo.put(memo_key, entry)
             if not entry.matches(names, versions):
                 if not entry.covered_by(names) and len(entry.names) <= _MAX_LEARNED:
@@ -509,6 +509,7 @@ class ReadPath:
             blob = codec.packb(
                 [codec.FORMAT_VERSION, key, created, list(names), versions, flags, payload]
             )
+            stored = cache.sealer.seal(key, blob)  # signed / encrypted with a secret
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             stats.incr(region.name, "not_stored")
@@ -517,11 +518,11 @@ class ReadPath:
             cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
             stats.incr(region.name, "errors")
             return out
-        if len(blob) > cache.max_entry_bytes:
+        if len(stored) > cache.max_entry_bytes:
             stats.incr(region.name, "too_large")
             return out
         try:
-            region.set(key, blob, ttl)
+            region.set(key, stored, ttl)
             stats.incr(region.name, "stores")
             # the payload we just built holds the live objects' values: keep it
             # decoded only if none of them can change in place
