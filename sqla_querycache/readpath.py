@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -49,44 +52,148 @@ _SKIP_OPTIONS = ("yield_per", "stream_results", "populate_existing", "max_row_bu
 
 try:  # greenlet-spawned code (AsyncSession) must not block its event loop's thread
     import greenlet  # noqa: F401
+    from sqlalchemy.util import concurrency as _concurrency
     from sqlalchemy.util.concurrency import in_greenlet as _in_greenlet
+
+    #: runs an awaitable from sync code inside ``greenlet_spawn`` (the loop keeps turning)
+    _await = getattr(_concurrency, "await_", None) or _concurrency.await_only
 except ImportError:  # no greenlet, no AsyncSession
 
     def _in_greenlet() -> bool:
         return False
 
+    def _await(awaitable: Any) -> Any:  # pragma: no cover - never called without greenlet
+        raise RuntimeError("no greenlet")
 
-class _KeyLocks:
-    """One lock per cache key being computed, so concurrent misses query once."""
+
+class _Key:
+    """One key being computed: whether a miss holds it, and who waits for it."""
+
+    __slots__ = ("held", "users", "waiters")
 
     def __init__(self) -> None:
-        self._locks: dict[str, list[Any]] = {}
+        self.held = False
+        self.users = 0
+        #: callables, each waking one waiter (from any thread)
+        self.waiters: list[Any] = []
+
+
+def _wake_future(loop: Any, fut: Any) -> None:
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    try:
+        loop.call_soon_threadsafe(wake)
+    except RuntimeError:  # its loop closed meanwhile: nobody waits there any more
+        pass
+
+
+class _KeyLocks:
+    """One holder per cache key being computed, so concurrent misses query once.
+
+    The first miss of a key holds it; later ones wait until it is done, then
+    look the key up again (a hit, usually) and, if it is still missing, run
+    their own query without queueing for the key one by one: the holder did
+    not store (not storable, too large, or its query raised, in which case
+    each waiter's query raises or not as it would uncached). Every wait is
+    bounded by ``lock_timeout``; a waiter that times out runs its own query.
+
+    A waiter in a thread blocks on an event. A waiter in an event loop's
+    greenlet (AsyncSession) must not block the loop's thread: it awaits a
+    future on its loop through SQLAlchemy's ``await_``, so the loop (and the
+    holder, often a task on that same loop) keeps running. The holder wakes
+    every waiter when it is done, from whatever thread it is on.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _Key] = {}
         self._guard = threading.Lock()
 
     @contextmanager
     def hold(self, key: str, timeout: float) -> Iterator[tuple[bool, bool]]:
         """Yield (acquired, waited): waited means another miss held the key first."""
         with self._guard:
-            entry = self._locks.get(key)
-            if entry is None:
-                entry = self._locks[key] = [threading.Lock(), 0]
-            entry[1] += 1
-        lock = entry[0]
-        waited = False
-        acquired = lock.acquire(blocking=False)
-        # a greenlet (AsyncSession) must not block the event loop's thread
-        if not acquired and not _in_greenlet():
-            waited = True
-            acquired = lock.acquire(timeout=timeout)
+            k = self._keys.get(key)
+            if k is None:
+                k = self._keys[key] = _Key()
+            k.users += 1
+            acquired = not k.held
+            k.held = True
+        waited = not acquired
         try:
+            if waited:
+                acquired = self._wait(k, timeout)
             yield acquired, waited
         finally:
-            if acquired:
-                entry[0].release()
             with self._guard:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._locks[key]
+                waiters: list[Any] = []
+                if acquired:
+                    k.held = False
+                    waiters, k.waiters = k.waiters, []
+                k.users -= 1
+                if k.users == 0:
+                    del self._keys[key]
+            for wake in waiters:
+                wake()
+
+    def _wait(self, k: _Key, timeout: float) -> bool:
+        """Wait until the holder is done (or ``timeout``); True: the key was free, now ours."""
+        green = _in_greenlet()
+        if green:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            wake: Any = functools.partial(_wake_future, loop, fut)
+        else:
+            event = threading.Event()
+            wake = event.set
+        with self._guard:
+            if not k.held:  # released between hold()'s look and ours
+                k.held = True
+                return True
+            k.waiters.append(wake)
+        woken = False
+        try:
+            if green:
+                woken = _await(_wait_future(fut, timeout))
+            else:
+                woken = event.wait(timeout)
+        finally:
+            if not woken:  # timed out (or cancelled): nobody will wake us now
+                with self._guard:
+                    if wake in k.waiters:
+                        k.waiters.remove(wake)
+        return False
+
+
+def _acquire(mutex: Any, timeout: float) -> bool:
+    """Take a region's mutex (dogpile's ``distributed_lock``): True when taken.
+
+    In a thread it blocks as dogpile's own lock does. In an event loop's
+    greenlet it never blocks the loop for longer than one non-blocking try:
+    between tries it sleeps on the loop, until ``timeout``.
+    """
+    if not _in_greenlet():
+        mutex.acquire()
+        return True
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not mutex.acquire(False):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        _await(asyncio.sleep(min(delay, remaining)))
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+async def _wait_future(fut: Any, timeout: float) -> bool:
+    """Await ``fut`` on the running loop: True when it was set, False on timeout."""
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 class _Skip(Exception):
@@ -187,11 +294,10 @@ class ReadPath:
         if versions is None:  # tables in flight, or the version store is down
             stats.incr(region_name, "bypassed")
             return None
-        stats.incr(region_name, "misses")
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
-            if mutex is not None:
-                mutex.acquire()
+            if mutex is not None and not _acquire(mutex, cache.lock_timeout):
+                mutex = None  # another process's miss took too long: run ours
             try:
                 if waited or mutex is not None:  # someone may have stored it meanwhile
                     result, versions = self._lookup(
@@ -200,7 +306,9 @@ class ReadPath:
                     if result is not None:
                         return result
                     if versions is None:
+                        stats.incr(region_name, "bypassed")
                         return None
+                stats.incr(region_name, "misses")  # this request runs the query
                 return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind)
             finally:
                 if mutex is not None:
