@@ -313,3 +313,16 @@ def test_encrypt_without_cryptography_is_a_configuration_error(monkeypatch: Any)
     with pytest.raises(ConfigurationError, match=r"sqla_querycache\[encrypt\]"):
         QueryCache(regions={"default": memory_region()}, secret=OLD, encrypt=True)
     QueryCache(regions={"default": memory_region()}, secret=OLD)  # signing needs nothing
+
+
+def test_the_entries_command_opens_sealed_entries(setup: Any) -> None:
+    from sqla_querycache import commands
+
+    cache, maker = setup(secret=OLD, encrypt=True)
+    names(maker, by_category(3))
+    key = only_key(cache)
+    (row,) = commands.entries(cache)
+    assert row["valid"] is True and row["rows"] == len(uncached(setup, by_category(3)))
+    put(cache, key, _flip(stored(cache)[key], 20))
+    (row,) = commands.entries(cache)
+    assert row["valid"].startswith("corrupt")

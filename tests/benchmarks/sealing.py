@@ -142,14 +142,24 @@ def measure(engine: Any, backend: str, memo: int, workload: str, rounds: int, ur
             t0 = time.perf_counter()
             v.call(workload)
             elapsed = time.perf_counter() - t0
-            if v.hits() == before + 1:
-                out["samples"].setdefault(v.name, []).append(elapsed)
-            else:
+            ok = v.hits() == before + 1
+            out["samples"].setdefault(v.name, []).append(elapsed if ok else None)
+            if not ok:
                 out["discarded"][v.name] = out["discarded"].get(v.name, 0) + 1
     use(None)
     for v in variants:
         v.cache.close()
     return out
+
+
+def paired(samples: dict[str, list[float | None]], name: str) -> str:
+    """p25-p75 of the per-round ratios name/plain (both ran in the same round)."""
+    pairs = [a / b for a, b in zip(samples[name], samples["plain"])
+             if a is not None and b is not None]  # fmt: skip
+    if len(pairs) < 4:
+        return "-"
+    q = statistics.quantiles(pairs, n=4)
+    return f"{q[0]:.2f}-{q[2]:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,11 +192,16 @@ def main(argv: list[str] | None = None) -> int:
                 for memo in MEMOS:
                     print(f"{backend} {w} memo={memo} ...", file=sys.stderr, flush=True)
                     m = measure(engine, backend, memo, w, args.rounds, url, run_id)
-                    med = {k: statistics.median(s) for k, s in m["samples"].items()}
+                    med = {
+                        k: statistics.median([x for x in s if x is not None])
+                        for k, s in m["samples"].items()
+                    }
                     p = med.get("plain")
 
-                    def r(name: str, med: dict = med, p: Any = p) -> str:
-                        return f"{med[name] / p:.3f}" if p and name in med else "-"
+                    def r(name: str, med: dict = med, p: Any = p, m: dict = m) -> str:
+                        if not p or name not in med:
+                            return "-"
+                        return f"{med[name] / p:.3f} ({paired(m['samples'], name)})"
 
                     rows.append([
                         backend, w, str(memo), f"{p * 1e6:,.0f}" if p else "-",
@@ -222,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header))
     print(f"command: python -m tests.benchmarks.sealing {' '.join(sys.argv[1:])}")
     print(f"medians of {args.rounds} interleaved rounds (plain, signed, encrypted shuffled each "
-          "round); every timed call a verified hit\n")  # fmt: skip
-    print(table(["backend", "workload", "memo", "plain hit µs", "signed µs", "signed/plain",
-                 "encrypted µs", "encrypted/plain", "plain B", "signed B", "encrypted B"],
+          "round); every timed call a verified hit; beside each ratio of medians, p25-p75 of "
+          "the per-round ratios\n")  # fmt: skip
+    print(table(["backend", "workload", "memo", "plain hit µs", "signed µs", "signed/plain (p25-p75)",
+                 "encrypted µs", "encrypted/plain (p25-p75)", "plain B", "signed B", "encrypted B"],
                 rows, left=3))  # fmt: skip
     print("\nseal / open of the stored entry alone (µs, best of 5 x 2000):\n")
     print(table(["backend", "workload", "entry B", "sign", "verify", "encrypt", "decrypt"],
