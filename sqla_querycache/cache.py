@@ -56,6 +56,12 @@ class QueryCache:
     :param lock_timeout: seconds a concurrent miss waits for the first one.
     :param memo_size: decoded entries this process keeps between hits (a hit
         on one of them reads only the versions); 0 disables it.
+    :param memo_bytes: ... and their estimated memory at most (default 64
+        MiB; an entry kept decoded counts about 4x its encoded size).
+    :param plan_memo_bytes: the statement shapes' plans (at most
+        ``plan_memo_size`` of them) take at most this estimated memory
+        (default 64 MiB; a plan counts 12 KiB + 64 bytes per character of
+        its SQL), at least 1 MiB.
     :param scope: a function returning what, beyond the bind, makes results
         differ on the current connection (a tenant id your code sets with
         ``SET`` or a connect hook, a role): its value is part of every key.
@@ -93,6 +99,8 @@ class QueryCache:
         lock_timeout: float = 30.0,
         plan_memo_size: int = 2000,
         memo_size: int = 1000,
+        memo_bytes: int = 64 << 20,
+        plan_memo_bytes: int = 64 << 20,
         scope: Callable[[], Any] | None = None,
         lease: float | None = None,
         require_versions: bool = True,
@@ -116,6 +124,8 @@ class QueryCache:
         lock_timeout = checks.seconds("lock_timeout", lock_timeout, positive=False)
         checks.integer("plan_memo_size", plan_memo_size, 1)
         checks.integer("memo_size", memo_size, 0)
+        checks.integer("memo_bytes", memo_bytes, 0)
+        checks.integer("plan_memo_bytes", plan_memo_bytes, 1 << 20)
         if scope is not None and not callable(scope):
             raise ConfigurationError(f"scope must be a callable returning a value: {scope!r}")
         if lease is not None:
@@ -139,6 +149,8 @@ class QueryCache:
         self.enabled = True
         self._plan_memo_size = plan_memo_size
         self._memo_size = memo_size
+        self._memo_bytes = memo_bytes
+        self._plan_memo_bytes = plan_memo_bytes
         # 3. last: the version store (a Redis one is pinged, then its heartbeat starts)
         self.versions: VersionStore = _make_version_store(
             versions, namespace, lease=lease, require=require_versions
@@ -168,6 +180,7 @@ class QueryCache:
     def close(self) -> None:
         """Uninstall, and stop the version store's threads and connections."""
         self.uninstall()
+        self._reader.clear()  # the memory this process kept: plans, decoded entries
         close = getattr(self.versions, "close", None)
         if close is not None:
             close()
