@@ -22,7 +22,7 @@ Two memo settings:
 - ``memo=0``: every hit reads the entry and verifies (or decrypts) it: the
   full price, as for the first hit of every key in every process.
 
-Also: seal / open of the real entry bytes alone (``timeit``, best of 5).
+Also: seal / open of the real entry bytes alone (``timeit``, best of 15).
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ def measure(engine: Any, backend: str, memo: int, workload: str, rounds: int, ur
         sealer = v.cache.sealer
         inner = sealer.open(key, raw)
         n = 2000
-        seal = min(timeit.repeat(lambda: sealer.seal(key, inner), number=n, repeat=5)) / n  # noqa: B023
-        opened = min(timeit.repeat(lambda: sealer.open(key, raw), number=n, repeat=5)) / n  # noqa: B023
+        seal = min(timeit.repeat(lambda: sealer.seal(key, inner), number=n, repeat=15)) / n  # noqa: B023
+        opened = min(timeit.repeat(lambda: sealer.open(key, raw), number=n, repeat=15)) / n  # noqa: B023
         out["ops"][v.name] = (len(inner), seal, opened)
     order = random.Random(2024)
     names = list(range(len(variants)))
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(["backend", "workload", "memo", "plain hit µs", "signed µs", "signed/plain (p25-p75)",
                  "encrypted µs", "encrypted/plain (p25-p75)", "plain B", "signed B", "encrypted B"],
                 rows, left=3))  # fmt: skip
-    print("\nseal / open of the stored entry alone (µs, best of 5 x 2000):\n")
+    print("\nseal / open of the stored entry alone (µs, best of 15 x 2000):\n")
     print(table(["backend", "workload", "entry B", "sign", "verify", "encrypt", "decrypt"],
                 op_rows))  # fmt: skip
     notes.append(f"wall time {time.perf_counter() - started:.0f} s")
