@@ -326,3 +326,30 @@ def test_the_entries_command_opens_sealed_entries(setup: Any) -> None:
     put(cache, key, _flip(stored(cache)[key], 20))
     (row,) = commands.entries(cache)
     assert row["valid"].startswith("corrupt")
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["signed", "encrypted"])
+def test_entry_and_versions_in_one_redis_round_trip(
+    redis_url: str, redis_client: Any, sqlite_engine: Any, encrypt: bool
+) -> None:
+    """Redis region + Redis versions on one server: the entry comes back from the
+    versions script (``read_with_entry``), and is opened all the same."""
+    cache = QueryCache(regions={"default": redis_region(redis_url)}, versions=redis_url,
+                       memo_size=0, secret=OLD, encrypt=encrypt)  # fmt: skip
+    counter = StatementCounter(sqlite_engine)
+    try:
+        maker = sessionmaker(sqlite_engine)
+        cache.install(maker)
+        expected = names(maker, by_category(3))
+        assert cache.regions["default"].combined is True
+        mark = counter.count
+        assert names(maker, by_category(3)) == expected and counter.since(mark) == 0
+        key = only_key(cache)
+        put(cache, key, _flip(stored(cache)[key], len(stored(cache)[key]) // 2))
+        mark = counter.count
+        assert names(maker, by_category(3)) == expected and counter.since(mark) == 1
+        s = cache.stats()["default"]
+        assert (s["hits"], s["corrupt"]) == (1, 1)
+    finally:
+        counter.close()
+        cache.close()
