@@ -91,6 +91,8 @@ BAD: dict[str, list[Any]] = {
     "lock_timeout": bad_seconds(positive=False),
     "plan_memo_size": bad_ints(1),
     "memo_size": bad_ints(0),
+    "memo_bytes": bad_ints(0),
+    "plan_memo_bytes": bad_ints(1 << 20),
     "scope": [1, "tenant", b"x", [], object()],
     "versions": BAD_VERSIONS,
     "lease": [v for v in bad_seconds(maximum=3600.0) if v is not None] + [0.0001],  # None: 5 s
@@ -149,6 +151,8 @@ GOOD: dict[str, list[Any]] = {
     "lock_timeout": [0, 0.0, 0.5, 1e6],
     "plan_memo_size": [1, 10**6],
     "memo_size": [0, 10**6],
+    "memo_bytes": [0, 1 << 40],
+    "plan_memo_bytes": [1 << 20, 1 << 40],
     "scope": [None, lambda: 1, str],
     "require_versions": [True, False],
     "secret": [
