@@ -9,7 +9,6 @@ to SQLAlchemy). See ``ARCHITECTURE.md``.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,17 +16,20 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
-from . import events, keys, tracking
+from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError
 from .hydrate import mapper_of
 from .readpath import ReadPath
 from .regions import RegionStore
 from .stats import Stats
-from .versions import VersionStore
+from .versions import MAX_LEASE, VersionStore
 from .versions import make_version_store as _make_version_store
 from .writepath import WritePath
 
 log = logging.getLogger("sqla_querycache")
+
+#: the longest namespace accepted (it prefixes every key)
+MAX_NAMESPACE = 64
 
 
 class QueryCache:
@@ -55,12 +57,37 @@ class QueryCache:
     :param lock_timeout: seconds a concurrent miss waits for the first one.
     :param memo_size: decoded entries this process keeps between hits (a hit
         on one of them reads only the versions); 0 disables it.
+    :param memo_bytes: ... and their estimated memory at most (default 64
+        MiB; an entry kept decoded counts about 4x its encoded size).
+    :param plan_memo_bytes: the statement shapes' plans (at most
+        ``plan_memo_size`` of them) take at most this estimated memory
+        (default 64 MiB; a plan counts 12 KiB + 64 bytes per character of
+        its SQL), at least 1 MiB.
     :param scope: a function returning what, beyond the bind, makes results
         differ on the current connection (a tenant id your code sets with
         ``SET`` or a connect hook, a role): its value is part of every key.
         The ``cache_scope`` execution option does the same per statement.
         Without it, a connection on which SQL changed such state
         (``SET search_path``, ``SET ROLE``, ...) bypasses the cache.
+    :param lease: seconds of the Redis version store's epoch lease (default
+        5): how long a commit waits in a Redis outage, and how soon entries
+        become unreachable when no process can renew the epoch. Only with a
+        Redis URL or client as ``versions``.
+    :param require_versions: with a Redis version store, check at
+        construction that it answers (within its 0.5 s timeout), else raise
+        :class:`~.exc.ConfigurationError`. ``False`` starts without it:
+        reads go to the database and commits wait up to ``lease`` until it
+        answers.
+    :param secret: sign every entry (keyed BLAKE2b bound to its cache key):
+        a forged, altered or moved entry is a ``corrupt`` miss, never rows.
+        ``bytes`` or ``str`` of at least 16 bytes, or a list of them, newest
+        first, to rotate (sign with the first, accept any).
+    :param encrypt: encrypt entries with AES-256-GCM instead (key derived
+        from ``secret``; needs the ``cryptography`` package, extra
+        ``[encrypt]``).
+
+    Every argument is checked here, before anything starts (no thread, no
+    connection kept): a bad one raises :class:`~.exc.ConfigurationError`.
     """
 
     def __init__(
@@ -73,52 +100,72 @@ class QueryCache:
         lock_timeout: float = 30.0,
         plan_memo_size: int = 2000,
         memo_size: int = 1000,
+        memo_bytes: int = 64 << 20,
+        plan_memo_bytes: int = 64 << 20,
         scope: Callable[[], Any] | None = None,
+        lease: float | None = None,
+        require_versions: bool = True,
+        secret: bytes | str | Sequence[bytes | str] | None = None,
+        encrypt: bool = False,
         identity_region: str | None = None,
     ):
+        # 1. plain values
         if not isinstance(regions, Mapping) or not regions:
             raise ConfigurationError("regions must be a non-empty mapping of name -> region")
-        if not isinstance(namespace, str) or not namespace or any(c in namespace for c in " :{}"):
-            raise ConfigurationError(f"namespace must be a short word, got {namespace!r}")
         if (
-            isinstance(max_entry_bytes, bool)
-            or not isinstance(max_entry_bytes, int)
-            or max_entry_bytes <= 0
+            not isinstance(namespace, str)
+            or not 0 < len(namespace) <= MAX_NAMESPACE
+            or not namespace.isprintable()
+            or any(c.isspace() or c in ":{}" for c in namespace)
         ):
-            raise ConfigurationError(f"max_entry_bytes must be a positive int: {max_entry_bytes!r}")
-        if (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
-                or not math.isfinite(lock_timeout) or lock_timeout < 0):  # fmt: skip
-            raise ConfigurationError(f"lock_timeout must be >= 0 seconds: {lock_timeout!r}")
-        self.regions: dict[str, RegionStore] = {}
-        for name, region in regions.items():
-            if not isinstance(name, str) or not name:
-                raise ConfigurationError(f"region names must be non-empty str, got {name!r}")
-            self.regions[name] = RegionStore(name, region)
-        self.namespace = namespace
-        self.max_entry_bytes = max_entry_bytes
-        self.lock_timeout = float(lock_timeout)
-        if isinstance(memo_size, bool) or not isinstance(memo_size, int) or memo_size < 0:
-            raise ConfigurationError(f"memo_size must be an int >= 0: {memo_size!r}")
-        if (isinstance(plan_memo_size, bool) or not isinstance(plan_memo_size, int)
-                or plan_memo_size < 1):  # fmt: skip
-            raise ConfigurationError(f"plan_memo_size must be an int >= 1: {plan_memo_size!r}")
+            raise ConfigurationError(
+                f"namespace must be a short word (1-{MAX_NAMESPACE} printable characters, "
+                f"no spaces, ':', '{{' or '}}'), got {namespace!r}"
+            )
+        checks.integer("max_entry_bytes", max_entry_bytes, 1)
+        lock_timeout = checks.seconds("lock_timeout", lock_timeout, positive=False)
+        checks.integer("plan_memo_size", plan_memo_size, 1)
+        checks.integer("memo_size", memo_size, 0)
+        checks.integer("memo_bytes", memo_bytes, 0)
+        checks.integer("plan_memo_bytes", plan_memo_bytes, 1 << 20)
         if scope is not None and not callable(scope):
             raise ConfigurationError(f"scope must be a callable returning a value: {scope!r}")
-        self.scope = scope
+        if lease is not None:
+            lease = checks.seconds("lease", lease, maximum=MAX_LEASE)
+            if lease < 0.001:
+                raise ConfigurationError(f"lease must be at least 0.001 s, got {lease!r}")
+        checks.flag("require_versions", require_versions)
         if identity_region is not None and (
-            not isinstance(identity_region, str) or identity_region not in self.regions
+            not isinstance(identity_region, str) or identity_region not in regions
         ):
             raise ConfigurationError(
                 f"identity_region {identity_region!r} is not one of the regions "
-                f"{sorted(self.regions)}"
+                f"{sorted(map(str, regions))}"
             )
+        for name in regions:
+            if not isinstance(name, str) or not name:
+                raise ConfigurationError(f"region names must be non-empty str, got {name!r}")
+        # 2. objects that start nothing
+        self.sealer = sealing.make_sealer(secret, encrypt)
+        self.regions: dict[str, RegionStore] = {
+            name: RegionStore(name, region) for name, region in regions.items()
+        }
+        self.namespace = namespace
+        self.max_entry_bytes = max_entry_bytes
+        self.lock_timeout = lock_timeout
+        self.scope = scope
         #: the region of primary-key loads (session.get) and lazy loads, or None
         self.identity_region = identity_region
         #: False: every statement bypasses the cache (writes still invalidate)
         self.enabled = True
         self._plan_memo_size = plan_memo_size
         self._memo_size = memo_size
-        self.versions: VersionStore = _make_version_store(versions, namespace)
+        self._memo_bytes = memo_bytes
+        self._plan_memo_bytes = plan_memo_bytes
+        # 3. last: the version store (a Redis one is pinged, then its heartbeat starts)
+        self.versions: VersionStore = _make_version_store(
+            versions, namespace, lease=lease, require=require_versions
+        )
         self._stats = Stats(self.regions)
         self._info_key = f"_sqla_querycache_{id(self)}"
         self._installed: events.Installation | None = None
@@ -144,6 +191,7 @@ class QueryCache:
     def close(self) -> None:
         """Uninstall, and stop the version store's threads and connections."""
         self.uninstall()
+        self._reader.clear()  # the memory this process kept: plans, decoded entries
         close = getattr(self.versions, "close", None)
         if close is not None:
             close()

@@ -49,7 +49,7 @@ def _region_entries(cache: QueryCache, region: str) -> Iterator[tuple[str, bytes
         if raw is None:  # expired or evicted meanwhile
             continue
         try:
-            entry = codec.unpackb(raw)
+            entry = codec.unpackb(cache.sealer.open(key, raw))  # verified with a secret
             if entry[0] != codec.FORMAT_VERSION:
                 raise codec.CorruptEntry(f"entry format {entry[0]}")
         except Exception as err:

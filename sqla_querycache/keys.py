@@ -45,6 +45,7 @@ class Plan:
         "rowkey",
         "shape",
         "tables",
+        "too_large",
         "uncacheable",
     )  # fmt: skip
 
@@ -61,6 +62,8 @@ class Plan:
         self.uncacheable: str | None = None
         #: how an execution names the rows it reads (:class:`.rows.RowKey`), or None
         self.rowkey: Any = None
+        #: [bytes per row, retry time, misses left] after a result too large to store
+        self.too_large: list[Any] | None = None
 
     @property
     def reads_tables(self) -> bool:
@@ -72,11 +75,21 @@ V = TypeVar("V")
 
 
 class LRU(Generic[V]):
-    """A bounded, thread-safe LRU (``maxsize`` 0 keeps nothing): plans, decoded entries."""
+    """A bounded, thread-safe LRU: plans, decoded entries.
 
-    def __init__(self, maxsize: int):
+    Bounded in count (``maxsize``; 0 keeps nothing) and, when ``maxbytes``
+    is given, in bytes: each value is put with its ``cost`` (an estimate of
+    the memory it holds), and the least recently used go until both bounds
+    hold. A value costing more than ``maxbytes`` alone is not kept.
+    """
+
+    def __init__(self, maxsize: int, maxbytes: int | None = None):
         self.maxsize = maxsize
+        self.maxbytes = maxbytes
+        #: the sum of the costs of the values kept
+        self.bytes = 0
         self._data: OrderedDict[Any, V] = OrderedDict()
+        self._costs: dict[Any, int] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> V | None:
@@ -88,20 +101,36 @@ class LRU(Generic[V]):
                 pass
         return value
 
-    def put(self, key: Any, value: V) -> None:
+    def put(self, key: Any, value: V, cost: int = 0) -> None:
         if not self.maxsize:
             return
+        maxbytes = self.maxbytes
         with self._lock:
+            self._drop(key)
+            if maxbytes is not None and cost > maxbytes:
+                return
             self._data[key] = value
-            while len(self._data) > self.maxsize:
-                self._data.popitem(last=False)
+            if cost:
+                self._costs[key] = cost
+                self.bytes += cost
+            data = self._data
+            while len(data) > self.maxsize or (maxbytes is not None and self.bytes > maxbytes):
+                old, _ = data.popitem(last=False)
+                self.bytes -= self._costs.pop(old, 0)
+
+    def _drop(self, key: Any) -> None:
+        if self._data.pop(key, None) is not None:
+            self.bytes -= self._costs.pop(key, 0)
 
     def pop(self, key: Any) -> None:
-        self._data.pop(key, None)
+        with self._lock:
+            self._drop(key)
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._costs.clear()
+            self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._data)

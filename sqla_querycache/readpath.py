@@ -16,8 +16,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -45,49 +48,164 @@ log = logging.getLogger("sqla_querycache")
 
 #: at most this many names are learned from an entry written elsewhere
 _MAX_LEARNED = 64
+#: the memo's estimate of a plan's memory: fixed + per character of its SQL (a plan keeps
+#: the compiled statement; measured ~23 KB at 159 characters, ~32 KB at 314)
+_PLAN_COST = 12 << 10
+_PLAN_COST_PER_CHAR = 64
+#: ... and of an entry's: fixed + its encoded size (x _DECODED_FACTOR when kept decoded)
+_ENTRY_OVERHEAD = 512
+_DECODED_FACTOR = 4
+#: a statement shape whose result was too large to store is not encoded again for
+#: results predicted as large until this many such misses or seconds have passed
+_TOO_LARGE_RETRY_MISSES = 100
+_TOO_LARGE_RETRY_SECONDS = 60.0
 _READ_COMMITTED = frozenset({"READ COMMITTED", "READ UNCOMMITTED", "AUTOCOMMIT"})
 _SKIP_OPTIONS = ("yield_per", "stream_results", "populate_existing", "max_row_buffer")
 
 try:  # greenlet-spawned code (AsyncSession) must not block its event loop's thread
     import greenlet  # noqa: F401
+    from sqlalchemy.util import concurrency as _concurrency
     from sqlalchemy.util.concurrency import in_greenlet as _in_greenlet
+
+    #: runs an awaitable from sync code inside ``greenlet_spawn`` (the loop keeps turning)
+    _await = getattr(_concurrency, "await_", None) or _concurrency.await_only
 except ImportError:  # no greenlet, no AsyncSession
 
     def _in_greenlet() -> bool:
         return False
 
+    def _await(awaitable: Any) -> Any:  # pragma: no cover - never called without greenlet
+        raise RuntimeError("no greenlet")
 
-class _KeyLocks:
-    """One lock per cache key being computed, so concurrent misses query once."""
+
+class _Key:
+    """One key being computed: whether a miss holds it, and who waits for it."""
+
+    __slots__ = ("held", "users", "waiters")
 
     def __init__(self) -> None:
-        self._locks: dict[str, list[Any]] = {}
+        self.held = False
+        self.users = 0
+        #: callables, each waking one waiter (from any thread)
+        self.waiters: list[Any] = []
+
+
+def _wake_future(loop: Any, fut: Any) -> None:
+    def wake() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    try:
+        loop.call_soon_threadsafe(wake)
+    except RuntimeError:  # its loop closed meanwhile: nobody waits there any more
+        pass
+
+
+class _KeyLocks:
+    """One holder per cache key being computed, so concurrent misses query once.
+
+    The first miss of a key holds it; later ones wait until it is done, then
+    look the key up again (a hit, usually) and, if it is still missing, run
+    their own query without queueing for the key one by one: the holder did
+    not store (not storable, too large, or its query raised, in which case
+    each waiter's query raises or not as it would uncached). Every wait is
+    bounded by ``lock_timeout``; a waiter that times out runs its own query.
+
+    A waiter in a thread blocks on an event. A waiter in an event loop's
+    greenlet (AsyncSession) must not block the loop's thread: it awaits a
+    future on its loop through SQLAlchemy's ``await_``, so the loop (and the
+    holder, often a task on that same loop) keeps running. The holder wakes
+    every waiter when it is done, from whatever thread it is on.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[str, _Key] = {}
         self._guard = threading.Lock()
 
     @contextmanager
     def hold(self, key: str, timeout: float) -> Iterator[tuple[bool, bool]]:
         """Yield (acquired, waited): waited means another miss held the key first."""
         with self._guard:
-            entry = self._locks.get(key)
-            if entry is None:
-                entry = self._locks[key] = [threading.Lock(), 0]
-            entry[1] += 1
-        lock = entry[0]
-        waited = False
-        acquired = lock.acquire(blocking=False)
-        # a greenlet (AsyncSession) must not block the event loop's thread
-        if not acquired and not _in_greenlet():
-            waited = True
-            acquired = lock.acquire(timeout=timeout)
+            k = self._keys.get(key)
+            if k is None:
+                k = self._keys[key] = _Key()
+            k.users += 1
+            acquired = not k.held
+            k.held = True
+        waited = not acquired
         try:
+            if waited:
+                acquired = self._wait(k, timeout)
             yield acquired, waited
         finally:
-            if acquired:
-                entry[0].release()
             with self._guard:
-                entry[1] -= 1
-                if entry[1] == 0:
-                    del self._locks[key]
+                waiters: list[Any] = []
+                if acquired:
+                    k.held = False
+                    waiters, k.waiters = k.waiters, []
+                k.users -= 1
+                if k.users == 0:
+                    del self._keys[key]
+            for wake in waiters:
+                wake()
+
+    def _wait(self, k: _Key, timeout: float) -> bool:
+        """Wait until the holder is done (or ``timeout``); True: the key was free, now ours."""
+        green = _in_greenlet()
+        if green:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            wake: Any = functools.partial(_wake_future, loop, fut)
+        else:
+            event = threading.Event()
+            wake = event.set
+        with self._guard:
+            if not k.held:  # released between hold()'s look and ours
+                k.held = True
+                return True
+            k.waiters.append(wake)
+        woken = False
+        try:
+            if green:
+                woken = _await(_wait_future(fut, timeout))
+            else:
+                woken = event.wait(timeout)
+        finally:
+            if not woken:  # timed out (or cancelled): nobody will wake us now
+                with self._guard:
+                    if wake in k.waiters:
+                        k.waiters.remove(wake)
+        return False
+
+
+def _acquire(mutex: Any, timeout: float) -> bool:
+    """Take a region's mutex (dogpile's ``distributed_lock``): True when taken.
+
+    In a thread it blocks as dogpile's own lock does. In an event loop's
+    greenlet it never blocks the loop for longer than one non-blocking try:
+    between tries it sleeps on the loop, until ``timeout``.
+    """
+    if not _in_greenlet():
+        mutex.acquire()
+        return True
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not mutex.acquire(False):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        _await(asyncio.sleep(min(delay, remaining)))
+        delay = min(delay * 2, 0.1)
+    return True
+
+
+async def _wait_future(fut: Any, timeout: float) -> bool:
+    """Await ``fut`` on the running loop: True when it was set, False on timeout."""
+    try:
+        await asyncio.wait_for(fut, timeout)
+    except asyncio.TimeoutError:
+        return False
+    return True
 
 
 class _Skip(Exception):
@@ -98,14 +216,22 @@ class ReadPath:
     def __init__(self, cache: QueryCache):
         self.cache = cache
         self.info_key = cache._info_key
-        self._plans: keys.LRU[keys.Plan] = keys.LRU(cache._plan_memo_size)
+        self._plans: keys.LRU[keys.Plan] = keys.LRU(cache._plan_memo_size,
+                                                    cache._plan_memo_bytes)  # fmt: skip
         self._mapper_sets: dict[Any, MapperSet] = {}
         self._bind_ids: WeakKeyDictionary[Engine, str] = WeakKeyDictionary()
         self._locks = _KeyLocks()
-        self.memo: keys.LRU[Entry] = keys.LRU(cache._memo_size)
+        self.memo: keys.LRU[Entry] = keys.LRU(cache._memo_size, cache._memo_bytes)
         #: per entry key: per-object loader state a load in this process gave
         #: (raiseload, criteria on lazy loads: they carry that execution's values)
         self._templates: keys.LRU[dict[Any, Any]] = keys.LRU(cache._plan_memo_size)
+
+    def clear(self) -> None:
+        """Drop what this process keeps: plans, decoded entries, loader state."""
+        self._plans.clear()
+        self.memo.clear()
+        self._templates.clear()
+        self._mapper_sets.clear()
 
     # -------------------------------------------------------------- entry
 
@@ -208,13 +334,10 @@ class ReadPath:
         if versions is None:  # tables in flight, or the version store is down
             stats.incr(region_name, "bypassed")
             return None
-        stats.incr(region_name, "misses")
-        if klass is not None:
-            stats.klass(klass, "misses")
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
-            if mutex is not None:
-                mutex.acquire()
+            if mutex is not None and not _acquire(mutex, cache.lock_timeout):
+                mutex = None  # another process's miss took too long: run ours
             try:
                 if waited or mutex is not None:  # someone may have stored it meanwhile
                     result, versions = self._lookup(
@@ -223,7 +346,11 @@ class ReadPath:
                     if result is not None:
                         return result
                     if versions is None:
+                        stats.incr(region_name, "bypassed")
                         return None
+                stats.incr(region_name, "misses")  # this request runs the query
+                if klass is not None:
+                    stats.klass(klass, "misses")
                 return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
                                   rk if enc is not None else None)  # fmt: skip
             finally:
@@ -351,7 +478,7 @@ class ReadPath:
                 rk = None
             if rk is not None and rk.table in tables:
                 plan.rowkey = rk
-        self._plans.put(memo_key, plan)
+        self._plans.put(memo_key, plan, _PLAN_COST + _PLAN_COST_PER_CHAR * len(sql))
         return plan
 
     def _mapper_set(self, roots: list[Any]) -> MapperSet:
@@ -428,12 +555,16 @@ class ReadPath:
             return None, None
         if versions is None:
             return None, None
+        fresh = entry is None  # decoded here: kept only once it proved valid
         try:
             if entry is None:
                 if raw is None:
                     return None, versions
-                entry = Entry.decode(raw, key)
-                self.memo.put(memo_key, entry)
+                if len(raw) > cache.max_entry_bytes:  # refused before decoding anything
+                    if not second:
+                        cache._stats.incr(region.name, "too_large")
+                    return None, versions
+                entry = Entry.decode(cache.sealer.open(key, raw), key, len(raw))
             if not entry.matches(names, versions):
                 if not entry.covered_by(names) and len(entry.names) <= _MAX_LEARNED:
                     # recorded with a dependency this lookup did not read (another
@@ -442,15 +573,22 @@ class ReadPath:
                 self.memo.pop(memo_key)
                 return None, versions  # stale: a table was written since
             if ttl is not None and now() - entry.created > ttl:
+                self.memo.pop(memo_key)
                 return None, versions
             flags = entry.flags
             shape = plan.shape or plan.derived.get(tuple(flags))
+            derived = None
             if shape is None:
-                shape = plan.derived[tuple(flags)] = derive_shape(plan.compiled, flags)
+                shape = derived = derive_shape(plan.compiled, flags)
             options: Any = orm_state.statement._with_options
             load_options = tuple(opt for opt in options if opt.propagate_to_loaders)
             data = hydrate(orm_state.session, plan.mappers, entry.payload(),
                            self._templates.get(key), load_options, shape)  # fmt: skip
+            # it served rows: what it gave may be kept
+            if derived is not None:
+                plan.derived[tuple(flags)] = derived
+            if fresh:
+                self.memo.put(memo_key, entry, entry.cost())
         except NeedsLocalLoad:
             # objects need loader state only a load in this process can give
             # (raiseload, load_only(raiseload=True), aliased paths): run it once
@@ -559,16 +697,25 @@ class ReadPath:
             self._learn(plan, observed)
             stats.incr(region.name, "not_stored")
             return out
+        big = plan.too_large
+        if big is not None:
+            predicted = len(frozen.data) * big[0]
+            if predicted > cache.max_entry_bytes and big[2] > 0 and time.monotonic() < big[1]:
+                # a result of this shape this large was too large to store lately:
+                # not encoded again (until the retry)
+                big[2] -= 1
+                stats.incr(region.name, "too_large")
+                return out
+            plan.too_large = None
         try:
             templates: dict[Any, Any] = {}
             payload = dehydrate(frozen.data, shape.scalars, preexisting, templates)
-            if templates:
-                self._templates.put(key, templates)
             flags = shape.flags
             created = now()
             blob = codec.packb(
                 [codec.FORMAT_VERSION, key, created, list(names), versions, flags, payload]
             )
+            stored = cache.sealer.seal(key, blob)  # signed / encrypted with a secret
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             stats.incr(region.name, "not_stored")
@@ -577,16 +724,26 @@ class ReadPath:
             cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
             stats.incr(region.name, "errors")
             return out
-        if len(blob) > cache.max_entry_bytes:
+        if len(stored) > cache.max_entry_bytes:
+            # remember the bytes per row: results of this shape predicted too large
+            # skip dehydrate + encode for a while
+            per_row = len(stored) / max(len(frozen.data), 1)
+            plan.too_large = [per_row, time.monotonic() + _TOO_LARGE_RETRY_SECONDS,
+                              _TOO_LARGE_RETRY_MISSES]  # fmt: skip
             stats.incr(region.name, "too_large")
             return out
         try:
-            region.set(key, blob, ttl)
+            region.set(key, stored, ttl)
             stats.incr(region.name, "stores")
+            if templates:
+                self._templates.put(key, templates)
             # the payload we just built holds the live objects' values: keep it
             # decoded only if none of them can change in place
-            kept = None if _has_mutable(payload) else payload
-            self.memo.put((region.name, key), Entry(created, names, versions, flags, blob, kept))
+            if _has_mutable(payload):
+                entry = Entry(created, names, versions, flags, blob, None, len(stored))
+            else:
+                entry = Entry(created, names, versions, flags, None, payload, len(stored))
+            self.memo.put((region.name, key), entry, entry.cost())
         except Exception as err:
             cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
                              region.name, err)  # fmt: skip
@@ -752,10 +909,12 @@ class Entry:
     hit, so that no session can change what another one gets.
     """
 
-    __slots__ = ("_payload", "_raw", "created", "flags", "names", "versions")
+    __slots__ = ("_payload", "_raw", "created", "flags", "names", "size", "versions")
 
     def __init__(self, created: float, names: Any, versions: list[int], flags: list[Any],
-                 raw: Any, payload: Any = None):  # fmt: skip
+                 raw: Any, payload: Any = None, size: int = 0):  # fmt: skip
+        #: the size of the bytes it was read from (or stored as)
+        self.size = size
         self.created = created
         self.names = tuple(names)
         self.versions = versions
@@ -764,14 +923,25 @@ class Entry:
         self._payload = payload
 
     @classmethod
-    def decode(cls, raw: bytes, key: str) -> Entry:
+    def decode(cls, raw: bytes, key: str, size: int = 0) -> Entry:
         fmt, stored_key, created, stored_names, versions, flags, payload = codec.unpackb(raw)
         if (fmt != codec.FORMAT_VERSION or stored_key != key or type(stored_names) is not list
                 or type(versions) is not list or len(versions) < len(stored_names)):  # fmt: skip
             raise codec.CorruptEntry("entry of another format or statement")
+        size = size or len(raw)
         if _has_mutable(payload):
-            return cls(created, stored_names, versions, flags, raw)
-        return cls(created, stored_names, versions, flags, None, payload)
+            return cls(created, stored_names, versions, flags, raw, None, size)
+        return cls(created, stored_names, versions, flags, None, payload, size)
+
+    def cost(self) -> int:
+        """Estimated memory it holds, for the memo's byte bound.
+
+        Decoded values take about 4x their encoded size (measured 4.1-4.3x
+        for rows of ints, strings, dates and decimals: ``tests/test_memory.py``).
+        """
+        if self._raw is not None:
+            return _ENTRY_OVERHEAD + len(self._raw)
+        return _ENTRY_OVERHEAD + _DECODED_FACTOR * self.size
 
     def covered_by(self, names: tuple[str, ...]) -> bool:
         return set(self.names).issubset(names)

@@ -118,6 +118,8 @@ class Unavailable(Exception):
 
 #: seconds every Redis call of the library may block (connect, read, write)
 TIMEOUT = 0.5
+#: the longest lease accepted: a commit in an outage may wait that long
+MAX_LEASE = 3600.0
 #: the retry timer of undelivered post-commit halves: first delay, cap
 RETRY_FIRST, RETRY_CAP = 0.02, 0.5
 
@@ -334,25 +336,36 @@ class RedisVersions:
         cooldown: float = 1.0,
         heartbeat: bool = True,
         timeout: float = TIMEOUT,
+        require: bool = False,
     ):
+        from . import checks
         from .exc import ConfigurationError
 
+        lease = checks.seconds("lease", lease, maximum=MAX_LEASE)
+        in_flight_ttl = checks.seconds("in_flight_ttl", in_flight_ttl, maximum=86400.0)
+        cooldown = checks.seconds("cooldown", cooldown, maximum=MAX_LEASE)
+        timeout = checks.seconds("timeout", timeout, maximum=60.0)
+        checks.flag("heartbeat", heartbeat)
+        checks.flag("require", require)
+        if lease < 0.001 or in_flight_ttl < 0.001:  # Redis TTLs are whole milliseconds
+            raise ConfigurationError("lease and in_flight_ttl must be at least 0.001 s")
         if isinstance(client, str):
             try:
                 import redis
             except ImportError as err:  # pragma: no cover
                 raise ConfigurationError("versions=<redis URL> needs the 'redis' extra") from err
-            client = redis.Redis.from_url(
-                client, socket_timeout=timeout, socket_connect_timeout=timeout,
-                health_check_interval=0,
-            )  # fmt: skip
+            try:
+                client = redis.Redis.from_url(
+                    client, socket_timeout=timeout, socket_connect_timeout=timeout,
+                    health_check_interval=0,
+                )  # fmt: skip
+            except (ValueError, TypeError) as err:
+                raise ConfigurationError(f"versions: not a usable Redis URL: {err}") from None
         if not hasattr(client, "register_script"):
             raise ConfigurationError(f"not a redis client: {client!r}")
         global NoScriptError
         from redis.exceptions import NoScriptError
 
-        if lease <= 0 or in_flight_ttl <= 0:
-            raise ConfigurationError("lease and in_flight_ttl must be positive")
         self.namespace = namespace
         self._tag = "{" + namespace + "}"
         self._epoch_key = f"{self._tag}:epoch"
@@ -383,11 +396,40 @@ class RedisVersions:
         self._circuit = _Circuit(cooldown)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        if require:  # before any thread starts: a failed check leaves nothing running
+            try:
+                self.check()
+            except Unavailable as err:
+                raise ConfigurationError(
+                    f"the Redis version store {self._where()} does not answer ({err}): start "
+                    f"it or fix the address, or pass require_versions=False to QueryCache "
+                    f"(require=False to RedisVersions) to start without it; until it answers, "
+                    f"reads go to the database and commits wait up to lease={self.lease:g}s "
+                    f"after the first failure"
+                ) from None
         if heartbeat:
             self._heartbeat = threading.Thread(
                 target=self._beat, name="sqla_querycache-heartbeat", daemon=True
             )
             self._heartbeat.start()
+
+    def check(self) -> None:
+        """Raise :class:`Unavailable` unless the server answers now (within ``timeout``)."""
+        try:
+            self.client.ping()
+        except Exception as err:
+            pool = getattr(self.client, "connection_pool", None)
+            if pool is not None and self.client is not self.user_client:
+                pool.disconnect()  # ours: keep no half-open connection
+            raise Unavailable(f"{type(err).__name__}: {err}") from None
+
+    def _where(self) -> str:
+        kw = getattr(getattr(self.client, "connection_pool", None), "connection_kwargs", {})
+        if not kw:
+            return "(cluster)"
+        if kw.get("path"):
+            return f"unix://{kw['path']}?db={kw.get('db', 0)}"
+        return f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
 
     def _vkeys(self, names: Sequence[str]) -> list[str]:
         return [f"{self._tag}:v:{n}" for n in names]
@@ -1023,21 +1065,49 @@ class SqlVersions:
         return f"<SqlVersions table={self.table.name!r}>"
 
 
-def make_version_store(spec: Any, namespace: str) -> VersionStore:
-    """``"local"``, a Redis URL or client, ``"sql"``, or a ready store -> a store."""
+def make_version_store(
+    spec: Any, namespace: str, *, lease: float | None = None, require: bool = False
+) -> VersionStore:
+    """``"local"``, a Redis URL or client, ``"sql"``, or a ready store -> a store.
+
+    ``lease`` applies to the Redis store this builds (None: its default);
+    ``require``: a Redis server that does not answer now is a ConfigurationError.
+    """
     from .exc import ConfigurationError
 
+    redis_spec = (
+        isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://"))
+    ) or (hasattr(spec, "register_script") and hasattr(spec, "pipeline"))
+    if lease is not None and not redis_spec:
+        where = "the store you built" if not isinstance(spec, str) else f"versions={spec!r}"
+        raise ConfigurationError(
+            f"lease applies to a Redis version store built from a URL or client; "
+            f"not to {where} (a RedisVersions takes its own lease=)"
+        )
     if spec is None or spec == "local":
         return LocalVersions()
     if spec == "sql":
         return SqlVersions()
-    if isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://")):
-        return RedisVersions(spec, namespace)
-    if hasattr(spec, "register_script") and hasattr(spec, "pipeline"):
-        return RedisVersions(spec, namespace)
-    if all(hasattr(spec, m) for m in ("read", "begin_write", "end_write", "bump")):
+    if redis_spec:
+        kw = {} if lease is None else {"lease": lease}
+        return RedisVersions(spec, namespace, require=require, **kw)
+    if isinstance(spec, str):  # never echo a URL: it may hold a password
+        got = f"a {spec.split('://')[0]}:// URL" if "://" in spec else repr(spec[:40])
+        raise ConfigurationError(
+            f"versions must be 'local', 'sql', a redis://, rediss:// or unix:// URL, a Redis "
+            f"client or a VersionStore; got {got}"
+        )
+    if all(callable(getattr(spec, m, None)) for m in ("read", "begin_write", "end_write", "bump")):
+        if require and getattr(spec, "kind", None) == "redis" and hasattr(spec, "check"):
+            try:
+                spec.check()
+            except Exception as err:
+                raise ConfigurationError(
+                    f"the version store {spec!r} does not answer ({err}): start it or fix its "
+                    f"address, or pass require_versions=False to QueryCache to start without it"
+                ) from None
         return spec  # type: ignore[no-any-return]
     raise ConfigurationError(
         f"versions must be 'local', 'sql', a redis:// URL, a Redis client or a VersionStore; "
-        f"got {spec!r}"
+        f"got {type(spec).__name__}"
     )

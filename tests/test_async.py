@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("greenlet")
 
-from sqlalchemy import inspect, make_url, select, text, update
+from sqlalchemy import event, inspect, make_url, select, text, update
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -520,19 +520,20 @@ def test_concurrent_misses_on_one_key_do_not_block_the_loop(aenv: AsyncEnv) -> N
 
 
 def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> None:
-    """Another thread's event loop is in the middle of the same miss, holding the key lock.
+    """Another thread's event loop is in the middle of the same miss, holding the key.
 
-    Async tasks that find the key locked must not wait for it on their
-    loop's thread: they run the query themselves. The holder is stalled
-    inside the lock (a wrapper around the cache's per-key lock,
-    ``QueryCache._locks.hold(key, timeout)``) until the tasks are done, so a
-    task that waited would take the holder's 30 s.
+    Tasks on this loop that find the key held wait for it without blocking
+    their loop (they await a future the holder sets from its own thread),
+    then hit what the holder stored: none of them runs the query. The holder
+    is stalled inside the key (a wrapper around ``ReadPath._locks.hold``)
+    until all five tasks wait, and the loop must keep turning meanwhile.
     """
     stmt = select(Order).where(Order.customer_id == 4).order_by(Order.id).options(FromCache())
     expected = [40, 41, 42]
     release = threading.Event()
     entered = threading.Event()
-    real_hold = aenv.cache._reader._locks.hold
+    locks = aenv.cache._reader._locks
+    real_hold = locks.hold
     seen: list[tuple[str, str]] = []
 
     @contextmanager
@@ -542,7 +543,7 @@ def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> N
             seen.append((name, key))
             if name == "qc-holder" and not entered.is_set():
                 entered.set()
-                release.wait(30)  # a slow query, inside the lock
+                release.wait(30)  # a slow query, inside the key (blocks only its own loop)
             yield state
 
     holder_out: dict[str, Any] = {}
@@ -561,35 +562,220 @@ def test_concurrent_misses_while_another_loop_holds_the_key(aenv: AsyncEnv) -> N
         except BaseException as err:
             holder_out["error"] = err
 
-    aenv.cache._reader._locks.hold = hold  # type: ignore[method-assign]
+    locks.hold = hold  # type: ignore[method-assign]
     t = threading.Thread(target=holder, name="qc-holder", daemon=True)
     t.start()
     try:
-        assert entered.wait(20), "the holder never took the key lock"
+        assert entered.wait(20), "the holder never took the key"
+        held_key = next(k for n, k in seen if n == "qc-holder")
 
         async def body(engine: AsyncEngine, sql: StatementCounter) -> Any:
             async def worker() -> list[int]:
                 async with aenv.maker() as s:
                     return [o.id for o in await s.scalars(stmt)]
 
+            mark = sql.count
+            tasks = asyncio.gather(*(worker() for _ in range(5)))
             started = time.monotonic()
-            out = await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(5))), 20)
-            return out, time.monotonic() - started
+            gaps = []
+            while len(locks._keys[held_key].waiters) < 5:  # the loop turns while they wait
+                assert time.monotonic() - started < 15, "the tasks never waited for the key"
+                t0 = time.monotonic()
+                await asyncio.sleep(0.01)
+                gaps.append(time.monotonic() - t0)
+            release.set()
+            out = await asyncio.wait_for(tasks, 20)
+            return out, sql.since(mark), max(gaps, default=0)
 
-        results, elapsed = aenv.run_guarded(body)
+        results, ran, gap = aenv.run_guarded(body)
     finally:
         release.set()
         t.join(30)
-        aenv.cache._reader._locks.hold = real_hold  # type: ignore[method-assign]
-    assert elapsed < 10, f"async tasks waited {elapsed:.1f}s for another loop's lock"
-    assert results == [expected] * 5
+        locks.hold = real_hold  # type: ignore[method-assign]
     assert "error" not in holder_out, holder_out.get("error")
     assert holder_out["ids"] == expected
-    held_key = next(k for n, k in seen if n == "qc-holder")
-    # tasks reached the lock of the very key the holder sat on (a late one may hit what an
-    # earlier one stored), and did not wait for it (elapsed, above)
-    tasks_keys = [k for n, k in seen if n != "qc-holder"]
-    assert tasks_keys and set(tasks_keys) == {held_key}, seen
+    assert results == [expected] * 5
+    assert ran == 0, "a task ran the query the other loop's holder was running"
+    assert gap < 1.0, f"the event loop stood still {gap:.2f}s while tasks waited"
+    stats = aenv.cache.stats()["default"]
+    assert stats["stores"] == 1 and stats["hits"] == 5 and stats["misses"] == 1, stats
+    assert not locks._keys  # every key was let go
+
+
+def _await_on_loop(awaitable: Any) -> Any:
+    """Await from sync code running in AsyncSession's greenlet (a listener, here)."""
+    from sqlalchemy.util import concurrency
+
+    return (getattr(concurrency, "await_", None) or concurrency.await_only)(awaitable)
+
+
+@contextmanager
+def _listening(engine: AsyncEngine, fn: Callable[..., Any]) -> Iterator[None]:
+    event.listen(engine.sync_engine, "before_cursor_execute", fn)
+    try:
+        yield
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", fn)
+
+
+class _LoopWatch:
+    """How long the event loop ever stood still while it runs (a ticker task)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            self.gaps.append(now - last)
+            last = now
+
+    async def stop(self) -> float:
+        self._stop.set()
+        await self._task
+        return max(self.gaps, default=0.0)
+
+
+N_COLD = 30
+
+
+def test_thirty_cold_requests_run_one_query_and_one_store(aenv: AsyncEnv) -> None:
+    """30 tasks, each with its own AsyncSession, request one cold key at once.
+
+    The first holds the key; the 29 others wait for it on the event loop
+    (not on its thread) and hit what it stored: the statements sent are
+    exactly those of one uncached execution, and one entry is stored. The
+    first query is slowed (an awaited sleep in a listener) so that every
+    task arrives while it runs.
+    """
+    stmt = CUSTOMERS.options(FromCache())
+
+    def slow(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM customer" in statement:
+            _await_on_loop(asyncio.sleep(0.2))
+
+    async def body(engine: AsyncEngine, sql: StatementCounter) -> None:
+        async with aenv.maker() as s:
+            expected = customer_graph(await s.scalars(CUSTOMERS))
+        one_query = sql.count  # the statements one uncached execution sends
+        assert one_query == 3, sql.statements  # customers, their orders, their items
+
+        async def worker() -> Any:
+            async with aenv.maker() as s:
+                return customer_graph(await s.scalars(stmt))
+
+        mark = sql.count
+        watch = _LoopWatch()
+        with _listening(engine, slow):
+            results = await asyncio.gather(*(worker() for _ in range(N_COLD)))
+        gap = await watch.stop()
+        assert sql.since(mark) == one_query, sql.statements[mark:]
+        assert len(results) == N_COLD and all(r == expected for r in results)
+        stats = aenv.cache.stats()["default"]
+        assert stats["stores"] == 1 and stats["misses"] == 1, stats
+        assert stats["hits"] == N_COLD - 1, stats
+        assert stats["errors"] == 0 and stats["bypassed"] == 0, stats
+        assert gap < 1.0, f"the event loop stood still {gap:.2f}s"
+        assert not aenv.cache._reader._locks._keys
+
+    aenv.run_guarded(body)
+
+
+def test_waiters_run_their_own_query_when_the_holders_raises(aenv: AsyncEnv) -> None:
+    """The holder's query raises: waiters neither hang nor queue one by one.
+
+    Each runs its own query, as it would uncached (here it succeeds: only
+    the first execution fails), and the holder alone gets the error.
+    """
+    stmt = ORDERS.options(FromCache())
+    seen = {"n": 0}
+
+    def fail_first(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM orders" in statement:
+            seen["n"] += 1
+            if seen["n"] == 1:
+                _await_on_loop(asyncio.sleep(0.3))  # the others arrive and wait meanwhile
+                raise RuntimeError("the holder's query failed")
+
+    async def body(engine: AsyncEngine, sql: StatementCounter) -> None:
+        async with aenv.maker() as s:
+            expected = [o.id for o in await s.scalars(ORDERS)]
+        seen["n"] = 0
+
+        async def worker() -> Any:
+            async with aenv.maker() as s:
+                return [o.id for o in await s.scalars(stmt)]
+
+        watch = _LoopWatch()
+        started = time.monotonic()
+        with _listening(engine, fail_first):
+            results = await asyncio.gather(*(worker() for _ in range(N_COLD)),
+                                           return_exceptions=True)  # fmt: skip
+        elapsed = time.monotonic() - started
+        gap = await watch.stop()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert len(errors) == 1 and "the holder's query failed" in str(errors[0]), errors
+        assert [r for r in results if not isinstance(r, BaseException)] == [expected] * 29
+        assert seen["n"] == N_COLD  # the holder's, then each waiter's own
+        assert elapsed < 10, f"the waiters took {elapsed:.1f}s"
+        assert gap < 1.0, f"the event loop stood still {gap:.2f}s"
+        assert not aenv.cache._reader._locks._keys
+        mark = sql.count  # what they stored is served
+        async with aenv.maker() as s:
+            assert [o.id for o in await s.scalars(stmt)] == expected
+        assert sql.since(mark) == 0
+
+    aenv.run_guarded(body)
+
+
+def test_waiters_give_up_after_lock_timeout(aenv: AsyncEnv) -> None:
+    """A holder slower than ``lock_timeout``: waiters run their own query after it.
+
+    The holder's query takes 3 s (an awaited sleep); with ``lock_timeout``
+    0.4 s the nine waiters are done long before it, the loop turning all along.
+    """
+    aenv.cache.lock_timeout = 0.4
+    stmt = ORDERS.options(FromCache())
+    seen = {"n": 0}
+
+    def slow_first(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM orders" in statement:
+            seen["n"] += 1
+            if seen["n"] == 1:
+                _await_on_loop(asyncio.sleep(3.0))
+
+    async def body(engine: AsyncEngine, sql: StatementCounter) -> None:
+        async with aenv.maker() as s:
+            expected = [o.id for o in await s.scalars(ORDERS)]
+        seen["n"] = 0
+        started = time.monotonic()
+
+        async def worker(delay: float) -> tuple[list[int], float]:
+            await asyncio.sleep(delay)
+            async with aenv.maker() as s:
+                ids = [o.id for o in await s.scalars(stmt)]
+            return ids, time.monotonic() - started
+
+        watch = _LoopWatch()
+        with _listening(engine, slow_first):
+            holder = asyncio.create_task(worker(0))
+            waiters = await asyncio.gather(*(worker(0.1) for _ in range(9)))
+            assert not holder.done()
+            held = await holder
+        gap = await watch.stop()
+        assert held[0] == expected and held[1] >= 3.0
+        assert all(ids == expected for ids, _ in waiters)
+        slowest = max(t for _, t in waiters)
+        assert 0.4 <= slowest < 2.5, f"waiters took {slowest:.2f}s with lock_timeout 0.4s"
+        assert seen["n"] == 10  # each waiter ran its own query after the timeout
+        assert gap < 1.0, f"the event loop stood still {gap:.2f}s"
+        assert not aenv.cache._reader._locks._keys
+
+    aenv.run_guarded(body)
 
 
 # ------------------------------------------------------------ install targets

@@ -96,6 +96,7 @@ from sqla_querycache import QueryCache
 cache = QueryCache(
     regions={"default": make_region().configure("dogpile.cache.memory")},
     versions="redis://user:secret@127.0.0.1:1/0",
+    require_versions=False,
 )
 """
 
