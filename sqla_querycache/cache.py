@@ -19,7 +19,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError
 from .hydrate import mapper_of
-from .readpath import ReadPath
+from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
 from .stats import Stats
 from .versions import MAX_LEASE, VersionStore
@@ -233,19 +233,41 @@ class QueryCache:
     def get_many(self, session: Any, entity: Any, ids: Iterable[Any], **get_kw: Any) -> Any:
         """The objects of ``entity`` with these primary keys, in their order; absent ones skipped.
 
-        Each goes through ``session.get`` (the identity map, then the identity
-        region). With an ``AsyncSession`` this returns an awaitable.
+        Like ``session.get`` for each (the identity map first, then the identity
+        region), but the cache is asked once for the whole batch: one round
+        trip for the versions and one per region for the entries; the ids it
+        misses are then loaded (and stored) one by one. With an ``AsyncSession``
+        this returns an awaitable.
         """
         run_sync = getattr(session, "run_sync", None)
         if run_sync is not None and not isinstance(session, Session):
             ids = list(ids)
             return run_sync(lambda s: self.get_many(s, entity, ids, **get_kw))
-        out = []
-        for ident in ids:
-            obj = session.get(entity, ident, **get_kw)
-            if obj is not None:
-                out.append(obj)
-        return out
+        ids = list(ids)
+        found: list[Any] = [None] * len(ids)
+        probes: list[Any] = []
+        noted: list[int] = []
+        options = dict(get_kw.pop("execution_options", None) or {})
+        probing = {**options, PROBE_OPTION: probes}
+        for i, ident in enumerate(ids):
+            before = len(probes)
+            obj = session.get(entity, ident, execution_options=probing, **get_kw)
+            if len(probes) > before:
+                noted.append(i)  # an entry to look up: answered below
+            else:
+                found[i] = obj  # the identity map, or not cacheable: a real get
+        if noted:
+            results = self._reader.lookup_many(probes)
+            for i, result in zip(noted, results):
+                obj = None
+                if result is not None:
+                    obj = result.unique().scalars().one_or_none()
+                    if obj is not None:
+                        self._stats.klass(type(obj).__name__, "hits")
+                if obj is None:  # a miss: the real get (stored for next time)
+                    obj = session.get(entity, ids[i], execution_options=options, **get_kw)
+                found[i] = obj
+        return [obj for obj in found if obj is not None]
 
     def invalidate_region(self, name: str) -> None:
         """Invalidate every entry of one region, in every process sharing the versions."""

@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sqla_querycache")
 
+#: execution option of get_many's first pass (a list the read path appends to)
+PROBE_OPTION = "_qc_probe"
 #: at most this many names are learned from an entry written elsewhere
 _MAX_LEARNED = 64
 #: the memo's estimate of a plan's memory: fixed + per character of its SQL (a plan keeps
@@ -325,6 +327,12 @@ class ReadPath:
 
         ttl = ttl if ttl is not None else region.expiration_time
         run_bind = bind if type(session).get_bind is Session.get_bind else None
+        probe = orm_state.execution_options.get(PROBE_OPTION)
+        if probe is not None and plan.shape is not None and not orm_state.is_relationship_load:
+            # get_many: note what to look up, answer "no row" for now; the
+            # batch is looked up in one round trip (ReadPath.lookup_many)
+            probe.append((orm_state, region, key, names, plan, ttl))
+            return plan.shape.result([], None)
         result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
@@ -555,6 +563,24 @@ class ReadPath:
             return None, None
         if versions is None:
             return None, None
+        return self._use(orm_state, region, key, names, plan, ttl, second, entry, raw, versions)
+
+    def _use(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        plan: keys.Plan,
+        ttl: float | None,
+        second: bool,
+        entry: Entry | None,
+        raw: bytes | None,
+        versions: list[int],
+    ) -> tuple[Any, list[int] | None]:
+        """The lookup's second half: a valid entry (memo or ``raw``) -> a Result."""
+        cache = self.cache
+        memo_key = (region.name, key)
         fresh = entry is None  # decoded here: kept only once it proved valid
         try:
             if entry is None:
@@ -602,6 +628,43 @@ class ReadPath:
             return None, versions
         cache._stats.incr(region.name, "hits")
         return shape.result(data, entry.rowcount(len(data))), versions
+
+    def lookup_many(self, probes: list[Any]) -> list[Any]:
+        """Results (or None) of the lookups ``get_many`` noted, in one round trip per
+        region for the entries and one to the version store for all their names."""
+        cache = self.cache
+        out: list[Any] = [None] * len(probes)
+        if not probes:
+            return out
+        union: dict[str, None] = {}
+        for p in probes:
+            union.update(dict.fromkeys(p[3]))
+        first = probes[0][0]
+        try:
+            all_names = tuple(union)
+            current = self._read_versions(all_names, first)
+            raws: dict[int, Any] = {}
+            by_region: dict[str, list[int]] = {}
+            for i, p in enumerate(probes):
+                if self.memo.get((p[1].name, p[2])) is None:
+                    by_region.setdefault(p[1].name, []).append(i)
+            for name, idx in by_region.items():
+                got = cache._region(name).get_many([probes[i][2] for i in idx])
+                raws.update(zip(idx, got))
+        except Exception as err:
+            cache._warn_once(("get_many", type(err)), "cache read failed: %r", err)
+            return out
+        if current is None:
+            return out  # tables in flight, or the store is down: every id misses
+        k = len(current) - len(all_names)  # a store's own values first (the epoch)
+        by_name = dict(zip(all_names, current[k:]))
+        for i, (orm_state, region, key, names, plan, ttl) in enumerate(probes):
+            versions = current[:k] + [by_name[n] for n in names]
+            entry = self.memo.get((region.name, key))
+            result, _ = self._use(orm_state, region, key, names, plan, ttl, False, entry,
+                                  raws.get(i), versions)  # fmt: skip
+            out[i] = result
+        return out
 
     def _learn(self, plan: keys.Plan, seen: Any) -> None:
         """Widen what the plan's lookups read (its next miss can then be stored)."""

@@ -80,6 +80,13 @@ class RegionStore:
             return None
         return value
 
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Several entries in one round trip (``MGET`` on Redis)."""
+        if self.redis is not None:
+            return list(self.redis.mget(keys))
+        values = self.backend.get_serialized_multi(keys)
+        return [None if v is NO_VALUE or v is None else v for v in values]
+
     def set(self, key: str, value: bytes, ttl: float | None) -> None:
         if self.redis is not None:
             ttl = ttl or self.expiration_time or DEFAULT_TTL

@@ -393,10 +393,15 @@ def _writes(maker: Any, engine: Any, rnd: random.Random) -> str:
     return kind
 
 
-def _read(maker: Any, engine: Any, rnd: random.Random) -> None:
-    kind = rnd.choice(["get", "orders", "items", "item_order", "tags", "emp"])
+def _read(cache: QueryCache, maker: Any, engine: Any, rnd: random.Random) -> None:
+    kind = rnd.choice(["get", "orders", "items", "item_order", "tags", "emp", "many"])
     with maker() as s:
-        if kind == "get":
+        if kind == "many":
+            ids = rnd.sample(range(1, 45), 6)  # 41..44 do not exist
+            got = [(p.id, p.name, p.price) for p in cache.get_many(s, m.Product, ids)]
+            want = [(i, *db_product(engine, i)) for i in ids if db_product(engine, i)]
+            assert got == want, ids
+        elif kind == "get":
             pid = rnd.randint(1, 40)
             p = s.get(m.Product, pid)
             assert (p.name, p.price) == tuple(db_product(engine, pid)), pid
@@ -433,7 +438,7 @@ def test_generated_reads_and_writes_never_stale(idc: Any, engine: Any, seed: int
         if rnd.random() < 0.25:
             _writes(maker, engine, rnd)
         for _ in range(3):
-            _read(maker, engine, rnd)
+            _read(cache, maker, engine, rnd)
     # the comparison ran against hits, not only misses (fewer under REPEATABLE
     # READ, where a session's reads after its first miss bypass the cache)
     assert hits(cache) > (40 if engine.dialect.name == "mysql" else 100)
@@ -614,3 +619,31 @@ def test_eager_load_back_to_the_same_table_depends_on_the_table(engine: Any) -> 
     finally:
         cache.uninstall()
         B.metadata.drop_all(engine)
+
+
+def test_get_many_asks_the_cache_once_for_the_batch(idc: Any, engine: Any) -> None:
+    cache, maker = idc
+    ids = list(range(1, 11))
+    for i in ids:
+        with maker() as s:
+            s.get(m.Product, i)
+    cache._reader.memo.clear()  # the entries come from the region, not this process's memo
+    reads: list[int] = []
+    fetches: list[int] = []
+    store, region = cache.versions, cache.regions["default"]
+    holder, attr = (region.redis, "mget") if region.redis is not None else (
+        region.backend, "get_serialized_multi")  # fmt: skip
+    real_read, real_fetch = store.read, getattr(holder, attr)
+    store.read = lambda names, bind=None: reads.append(len(names)) or real_read(names, bind)  # type: ignore[method-assign]
+    setattr(holder, attr, lambda keys: fetches.append(len(keys)) or real_fetch(keys))
+    sql = StatementCounter(engine)
+    try:
+        with maker() as s:
+            got = cache.get_many(s, m.Product, ids)
+        assert [p.id for p in got] == ids
+    finally:
+        store.read = real_read  # type: ignore[method-assign]
+        setattr(holder, attr, real_fetch)
+        sql.close()
+    assert sql.count == 0
+    assert len(reads) == 1 and len(fetches) == 1 and fetches[0] == 10  # one batch each
