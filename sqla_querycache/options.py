@@ -60,7 +60,7 @@ class NoCache(UserDefinedOption):
         session.execute(select(Product).options(NoCache()))
     """
 
-    propagate_to_loaders = False
+    propagate_to_loaders = True  # the objects' lazy loads bypass too
 
     def __init__(self) -> None:
         super().__init__(payload=None)

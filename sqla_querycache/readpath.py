@@ -459,6 +459,9 @@ class ReadPath:
             m = getattr(m, "mapper", m)
             if m is not None and hasattr(m, "base_mapper"):
                 roots.append(m)
+        parent = orm_state.lazy_loaded_from
+        if parent is not None:  # its objects' load paths start at the parent's class
+            roots.append(parent.mapper)
         mappers = self._mapper_set(roots)
         codec.register_enums_of(c.type for c in getattr(stmt, "selected_columns", ()))
         # a plain primary-key or lazy load (no options, no criteria of its own

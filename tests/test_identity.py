@@ -647,3 +647,18 @@ def test_get_many_asks_the_cache_once_for_the_batch(idc: Any, engine: Any) -> No
         sql.close()
     assert sql.count == 0
     assert len(reads) == 1 and len(fetches) == 1 and fetches[0] == 10  # one batch each
+
+
+def test_lazy_loads_of_one_way_relationships_are_hits(idc: Any, engine: Any) -> None:
+    """Product.tags has no way back from Tag: its objects' load paths name the
+    parent's class, which the entry must know (else every read is 'corrupt')."""
+    cache, maker = idc
+    sql = StatementCounter(engine)
+    for _ in range(3):
+        mark = sql.count
+        with maker() as s:
+            got = sorted(t.label for t in s.get(m.Product, 5).tags)
+    assert sql.since(mark) == 0
+    assert cache.stats()["default"]["corrupt"] == 0
+    assert got
+    sql.close()

@@ -71,7 +71,8 @@ def _serve(pipe: Any, db_url: str, redis_url: str) -> None:
                         "dogpile.cache.redis", expiration_time=600, arguments={"url": redis_url})
 
                 cache = QueryCache(regions={"default": region(), "hot": region()},
-                                   versions=redis_url, namespace=msg["ns"]).install(ChildSession)  # fmt: skip
+                                   versions=redis_url, namespace=msg["ns"],
+                                   identity_region="default").install(ChildSession)  # fmt: skip
                 pipe.send({"ok": True})
             elif op == "w":
                 w = msg["w"]

@@ -44,7 +44,7 @@ from sqlalchemy.orm import (
 from sqla_querycache import FromCache, NoCache
 
 from . import schema as S
-from .schema import Alert, Audit, Client, Event, Item, Owner, Person, Reminder, Staff, Tag
+from .schema import Alert, Audit, Client, Event, Item, Owner, Person, Staff, Tag
 
 # ------------------------------------------------------------------ rendering
 
@@ -104,8 +104,10 @@ FILTERS: dict[str, dict[str, Any]] = {
         "balance_gt": (lambda r: r.randrange(0, 50), lambda E, p: E.balance > p),
         "name_like": (lambda r: f"%{r.randrange(1, 7)}", lambda E, p: E.name.like(p)),
         "n_items_ge": (lambda r: r.randrange(0, 5), lambda E, p: E.n_items >= p),
-        "parent_null": (lambda r: r.random() < 0.5,
-                        lambda E, p: E.parent_id.is_(None) if p else E.parent_id.isnot(None)),
+        "parent_null": (
+            lambda r: r.random() < 0.5,
+            lambda E, p: E.parent_id.is_(None) if p else E.parent_id.isnot(None),
+        ),
         "has_items": (lambda r: r.randrange(0, 5), lambda E, p: E.items.any(Item.qty > p)),
         "id_in": (lambda r: sorted(r.sample(range(1, 9), 3)), lambda E, p: E.id.in_(p)),
         "has_alert": (lambda r: None, lambda E, p: E.events.any(Event.kind == "alert")),
@@ -117,8 +119,10 @@ FILTERS: dict[str, dict[str, Any]] = {
         "price_lt": (lambda r: r.randrange(1, 9), lambda E, p: E.price < p),
         "has_tag": (lambda r: r.randrange(1, 6), lambda E, p: E.tags.any(Tag.id == p)),
         "owner_active": (lambda r: None, lambda E, p: E.owner.has(Owner.active.is_(True))),
-        "audited": (lambda r: None,
-                    lambda E, p: exists().where(Audit.item_id == E.id).correlate(E)),
+        "audited": (
+            lambda r: None,
+            lambda E, p: exists().where(Audit.item_id == E.id).correlate(E),
+        ),
     },  # fmt: skip
     "Tag": {
         "label_like": (lambda r: f"%{r.randrange(1, 6)}%", lambda E, p: E.label.like(p)),
@@ -139,8 +143,10 @@ FILTERS: dict[str, dict[str, Any]] = {
         "item_null": (lambda r: None, lambda E, p: E.item_id.is_(None)),
     },
 }
-FILTERS["Staff"] = {**FILTERS["Person"],
-                    "salary_gt": (lambda r: r.randrange(1000, 1400), lambda E, p: E.salary > p)}
+FILTERS["Staff"] = {
+    **FILTERS["Person"],
+    "salary_gt": (lambda r: r.randrange(1000, 1400), lambda E, p: E.salary > p),
+}
 FILTERS["Client"] = {**FILTERS["Person"],
                      "tier": (lambda r: r.randrange(0, 3), lambda E, p: E.tier == p)}  # fmt: skip
 FILTERS["Alert"] = FILTERS["Event"]
@@ -362,7 +368,17 @@ def gen_read(r: random.Random, kind: str) -> dict[str, Any]:
         ent = r.choice(["Owner", "Item", "Tag", "Person", "Staff", "Event", "Alert", "Audit"])
         opts = pick_options(r, ent, r.choice([0, 0, 1]))
         return {"k": "get", "ent": ent, "id": r.randrange(1, PK_RANGE), "opts": opts}
+    if x < 0.96:  # the identity cache: a plain get, then a lazy load from it
+        ent, rel = r.choice(LAZY)
+        return {"k": "lazy", "ent": ent, "id": r.randrange(1, PK_RANGE), "rel": rel}
     return {"k": "volatile", "q": r.choice(volatile_reads(kind))}
+
+
+#: (entity, relationship) pairs read lazily after a plain session.get
+LAZY = [("Owner", None), ("Item", None), ("Owner", "parent"), ("Owner", "children"),
+        ("Owner", "items"), ("Owner", "events"), ("Owner", "persons"), ("Item", "owner"),
+        ("Item", "tags"), ("Item", "audits"), ("Person", "owner"), ("Event", "owner"),
+        ("Staff", None)]  # fmt: skip
 
 
 def is_volatile(spec: dict[str, Any]) -> bool:
@@ -455,7 +471,9 @@ def run_read(session: Any, spec: dict[str, Any], kind: str, cached: bool, mode: 
     if k == "text":
         stmt = text(text_reads(kind)[spec["q"]]).bindparams(p=spec["p"])
         if cached:
-            opts = {} if mode == "session" else {"cache_region": "hot" if mode == "hot" else "default"}
+            opts = (
+                {} if mode == "session" else {"cache_region": "hot" if mode == "hot" else "default"}
+            )
             return render(session.execute(stmt, execution_options=opts).all())
         return render(session.connection().execute(stmt).all())
     if k == "get":
@@ -467,11 +485,22 @@ def run_read(session: Any, spec: dict[str, Any], kind: str, cached: bool, mode: 
         else:
             opts.append(NoCache())
         return render(session.get(cls, spec["id"], options=opts))
+    if k == "lazy":
+        # cached: through the identity region (no option at all); uncached:
+        # NoCache, which the object's lazy loads inherit
+        cls = S.MODELS[spec["ent"]]
+        obj = session.get(cls, spec["id"]) if cached else session.get(
+            cls, spec["id"], options=[NoCache()])  # fmt: skip
+        if obj is None or spec["rel"] is None:
+            return render(obj)
+        return render([obj, getattr(obj, spec["rel"])])
     if k == "volatile":
         stmt = _volatile_stmt(spec["q"], kind)
         if spec["q"] == "text_now":
             if cached:
-                return render(session.execute(stmt, execution_options={"cache_region": "default"}).all())
+                return render(
+                    session.execute(stmt, execution_options={"cache_region": "default"}).all()
+                )
             return render(session.connection().execute(stmt).all())
         return render(session.execute(tag(stmt)).all())
     raise AssertionError(k)
@@ -482,8 +511,11 @@ def describe(spec: dict[str, Any]) -> str:
     k = spec["k"]
     if k == "orm":
         ent = spec["ent"]
-        wrap = f"with_polymorphic({ent}, '*')" if spec.get("wp") else (
-            f"aliased({ent})" if spec.get("alias") else ent)
+        wrap = (
+            f"with_polymorphic({ent}, '*')"
+            if spec.get("wp")
+            else (f"aliased({ent})" if spec.get("alias") else ent)
+        )
         parts = [f"select({wrap})"]
         if spec["filt"]:
             joiner = " | " if spec.get("or") else ", "
@@ -501,4 +533,7 @@ def describe(spec: dict[str, Any]) -> str:
         return f"{k}:{spec['q']}(p={spec['p']})"
     if k == "get":
         return f"session.get({spec['ent']}, {spec['id']}, options={spec['opts']})"
+    if k == "lazy":
+        rel = f".{spec['rel']}" if spec["rel"] else ""
+        return f"session.get({spec['ent']}, {spec['id']}){rel}  # identity cache"
     return f"volatile:{spec['q']}"

@@ -101,12 +101,14 @@ class Env:
                     arguments={"url": self.redis_url, "redis_expiration_time": 900})  # fmt: skip
 
             cache = QueryCache(regions={"default": region(), "hot": region()},
-                               versions=self.redis_url, namespace=ns)  # fmt: skip
+                               versions=self.redis_url, namespace=ns,
+                               identity_region="default")  # fmt: skip
         else:
             def region() -> Any:
                 return make_region().configure("dogpile.cache.memory", expiration_time=600)
 
-            cache = QueryCache(regions={"default": region(), "hot": region()}, namespace=ns)
+            cache = QueryCache(regions={"default": region(), "hot": region()}, namespace=ns,
+                               identity_region="default")  # fmt: skip
         return cache.install(FuzzSession)
 
     def cleanup_redis(self, ns: str) -> None:
