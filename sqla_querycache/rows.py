@@ -170,6 +170,16 @@ def _only_table(table: Any, element: Any) -> bool:
 # ----------------------------------------------------------------- writes
 
 
+def _replaces(table: Table) -> bool:
+    """Is a constraint of the table declared to REPLACE rows on conflict (SQLite)?"""
+    for item in (*table.constraints, *table.columns):
+        for opts in getattr(item, "dialect_options", {}).values():
+            for value in opts.values() if hasattr(opts, "values") else ():
+                if isinstance(value, str) and value.upper() == "REPLACE":
+                    return True
+    return False
+
+
 def _set_columns(compiled: Any, stmt: Any, table: Table) -> set[str] | None:
     """Names of the columns an UPDATE may set (None: cannot tell)."""
     cols: set[str] = set()
@@ -215,10 +225,14 @@ def _write_plan(compiled: Any) -> _WritePlan | None:
     key_of = {c.name: c.key for c in table.c}
     if isinstance(stmt, Insert):
         if (stmt.select is not None or stmt._post_values_clause is not None
-                or stmt._multi_values):  # fmt: skip
-            return None  # INSERT ... SELECT, upserts, multi-row VALUES
+                or stmt._multi_values or stmt._prefixes or _replaces(table)):  # fmt: skip
+            # INSERT ... SELECT, upserts, multi-row VALUES, INSERT OR REPLACE (a
+            # prefix, or a table declared ON CONFLICT REPLACE): not named rows
+            return None
         groups = [(g, [key_of[n] for n in g], True) for g in fk_groups(table)]
-        return _WritePlan(table, True, [], groups)
+        pk = list(table.primary_key.columns)
+        pk_keys = [c.key for c in pk] if pk and all(nameable(c) for c in pk) else []
+        return _WritePlan(table, True, pk_keys, groups)
     pk = list(table.primary_key.columns)
     if not pk or not all(nameable(c) for c in pk):
         return None
@@ -263,6 +277,10 @@ def attribute_write(context: Any, table_name: str, hints: dict[Any, Any] | None)
     if plan.insert:
         names.add(inserts(table_name))
         for p in params:
+            if plan.pk_keys and all(k in p for k in plan.pk_keys):
+                enc = encode([p[k] for k in plan.pk_keys])
+                if enc is not None:  # a row of that key may have been deleted and re-made
+                    names.add(row_name(table_name, enc))
             for g, keys, _ in plan.groups:
                 if any(k not in p for k in keys):
                     names.add(member_name(table_name, g, "*"))

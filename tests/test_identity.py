@@ -662,3 +662,61 @@ def test_lazy_loads_of_one_way_relationships_are_hits(idc: Any, engine: Any) -> 
     assert cache.stats()["default"]["corrupt"] == 0
     assert got
     sql.close()
+
+
+def test_query_results_by_key_are_row_level_too(engine: Any) -> None:
+    """A tagged query whose one table is bound by its primary key (or a declared
+    foreign key) depends on those rows: writes to other rows leave it a hit."""
+    from sqla_querycache import FromCache
+
+    cache = QueryCache(regions={"default": memory_region()}).install(Session)
+    sql = StatementCounter(engine)
+    by_pk = select(m.Product).where(m.Product.id == 7).options(FromCache())
+    by_fk = (
+        select(m.Order).where(m.Order.customer_id == 3).order_by(m.Order.id).options(FromCache())
+    )
+    by_other = select(m.Product).where(m.Product.price > 0).order_by(m.Product.id).options(
+        FromCache())  # fmt: skip
+    try:
+        for _ in range(2):
+            for q in (by_pk, by_fk, by_other):
+                with Session(engine) as s:
+                    s.scalars(q).all()
+        with Session(engine) as s:
+            s.get(m.Product, 8, options=[NoCache()]).name = "eight"
+            s.get(m.Order, 10, options=[NoCache()]).placed = m.dt.date(2030, 1, 1)  # customer 1
+            s.commit()
+        mark = sql.count
+        with Session(engine) as s:
+            assert s.scalars(by_pk).one().id == 7
+            assert [o.id for o in s.scalars(by_fk)] == [30, 31, 32]
+        assert sql.since(mark) == 0  # other rows were written: still hits
+        with Session(engine) as s:
+            assert "eight" in [p.name for p in s.scalars(by_other)]  # a table-level entry: a miss
+        assert sql.since(mark) == 1
+        with Session(engine) as s:
+            s.get(m.Order, 31, options=[NoCache()]).customer_id = 1  # leaves customer 3
+            s.commit()
+        with Session(engine) as s:
+            assert [o.id for o in s.scalars(by_fk)] == [30, 32]
+    finally:
+        cache.uninstall()
+        sql.close()
+
+
+def test_insert_or_replace_is_never_a_named_row_write(sqlite_engine: Any) -> None:
+    """SQLite's INSERT OR REPLACE deletes the row it conflicts with: its write
+    must not be read as "a new row" only."""
+    cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache.install(Session)
+    try:
+        for _ in range(2):
+            with Session(sqlite_engine) as s:
+                assert s.get(m.Tag, 2).label == "tag2"
+        with Session(sqlite_engine) as s:
+            s.execute(m.Tag.__table__.insert().prefix_with("OR REPLACE").values(id=2, label="re"))
+            s.commit()
+        with Session(sqlite_engine) as s:
+            assert s.get(m.Tag, 2).label == "re"
+    finally:
+        cache.uninstall()
