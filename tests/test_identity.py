@@ -720,3 +720,52 @@ def test_insert_or_replace_is_never_a_named_row_write(sqlite_engine: Any) -> Non
             assert s.get(m.Tag, 2).label == "re"
     finally:
         cache.uninstall()
+
+
+def test_composite_primary_keys_are_per_row(engine: Any) -> None:
+    class B(DeclarativeBase):
+        pass
+
+    class Pair(B):
+        __tablename__ = "qc_pair"
+        a: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        b: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        v: Mapped[str] = mapped_column(String(20))
+
+    B.metadata.drop_all(engine)
+    B.metadata.create_all(engine)
+    cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache.install(Session)
+    sql = StatementCounter(engine)
+    try:
+        with Session(engine) as s:
+            s.add_all([Pair(a=1, b=2, v="x"), Pair(a=1, b=3, v="y"), Pair(a=2, b=1, v="z")])
+            s.commit()
+        for key in ((1, 2), (1, 3), (2, 1), (1, 2), (1, 3), (2, 1)):
+            with Session(engine) as s:
+                s.get(Pair, key)
+        with Session(engine) as s:
+            s.get(Pair, (1, 2)).v = "changed"
+            s.commit()
+        mark = sql.count
+        with Session(engine) as s:
+            assert s.get(Pair, (1, 3)).v == "y" and s.get(Pair, {"a": 2, "b": 1}).v == "z"
+        assert sql.since(mark) == 0
+        with Session(engine) as s:
+            assert s.get(Pair, (1, 2)).v == "changed"
+    finally:
+        cache.uninstall()
+        sql.close()
+        B.metadata.drop_all(engine)
+
+
+def test_expired_objects_reload_from_the_database(idc: Any, engine: Any) -> None:
+    _cache, maker = idc
+    with maker() as s:
+        p = s.get(m.Product, 12)
+        p.name = "committed"
+        s.commit()  # expires p
+        with engine.begin() as c:  # a write after the commit, by another connection
+            c.execute(update(m.Product.__table__).where(m.Product.__table__.c.id == 12)
+                      .values(name="later"))  # fmt: skip
+        assert s.get(m.Product, 12).name == "later"  # the refresh is never a stale hit
