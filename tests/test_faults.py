@@ -7,7 +7,6 @@ not set), or a redis-server of its own when it must restart it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
