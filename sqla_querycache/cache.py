@@ -58,7 +58,8 @@ class QueryCache:
     :param memo_size: decoded entries this process keeps between hits (a hit
         on one of them reads only the versions); 0 disables it.
     :param memo_bytes: ... and their estimated memory at most (default 64
-        MiB; an entry kept decoded counts about 4x its encoded size).
+        MiB; an entry counts its encoded size, plus 64 bytes a value when
+        kept decoded).
     :param plan_memo_bytes: the statement shapes' plans (at most
         ``plan_memo_size`` of them) take at most this estimated memory
         (default 64 MiB; a plan counts 12 KiB + 64 bytes per character of

@@ -100,10 +100,8 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
                 writer.settle_tracker(ct)
 
     def after_transaction_end(session: Session, transaction: Any) -> None:
-        if transaction.parent is None:
-            tracker = session.info.get(key)
-            if tracker is not None:
-                tracker.conns = []
+        if transaction.parent is None:  # the session keeps no tracker between transactions
+            session.info.pop(key, None)
 
     def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         writer.on_statement(conn, context, statement)
@@ -145,8 +143,12 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
 
     def on_checkin(dbapi_connection: Any, record: Any) -> None:
         if record is not None:
-            writer.settle(record.info)
-            writer.on_rollback(record.info)  # the pool's reset rolled back the rest
+            info = record.info
+            writer.settle(info)
+            writer.on_rollback(info)  # the pool's reset rolled back the rest
+            ct = info.get(key)
+            if ct is not None and ct.idle():  # nothing to carry to the next checkout
+                del info[key]
 
     inst.listen(session_target, "do_orm_execute", do_orm_execute)
     inst.listen(session_target, "after_begin", after_begin)

@@ -337,6 +337,11 @@ class ConnTracker:
         self.explicit_begin = False
         self.text_txn = False
 
+    def idle(self) -> bool:
+        """Nothing pending and no connection state learned: it may be dropped."""
+        return not (self.written or self.marks or self.committing or self.state_changed
+                    or self.isolation is not None or self.text_txn)  # fmt: skip
+
 
 class SessionTracker:
     """The connection trackers of a session's current transaction."""

@@ -820,7 +820,11 @@ class RedisVersions:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            conn = local.conn = self.client.connection_pool.make_connection()
+            # not the pool's make_connection(): the pool counts those against its
+            # max_connections and never uncounts them (they are not given back), so
+            # after ~100 threads or broken connections no write could be sent
+            pool = self.client.connection_pool
+            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
             local.pending = collections.deque()
             local.pid = os.getpid()
         return conn

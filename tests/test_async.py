@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, joinedload, selectinload, sessionmaker
 
 from sqla_querycache import FromCache, NoCache, QueryCache
 
@@ -847,3 +847,59 @@ def test_no_cache_option_and_session_region_on_async(aenv: AsyncEnv) -> None:
         assert await run({}, stmt) > 0  # no region, no caching
 
     aenv.run(body)
+
+
+# ------------------------------------- the same per-key waiting, from threads
+
+
+def test_threads_after_a_holder_that_raised_run_side_by_side(sqlite_engine: Any) -> None:
+    """Sync sessions in threads: the holder's query raises; the waiters then run their
+    own queries at once, not one after the other behind the key."""
+    cache = QueryCache(regions={"default": memory_region()})
+    maker = sessionmaker(sqlite_engine)
+    cache.install(maker)
+    stmt = ORDERS.options(FromCache())
+    n_threads = 8
+    seen = {"n": 0}
+    lock = threading.Lock()
+    barrier = threading.Barrier(n_threads)
+
+    def slow(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        if "FROM orders" in statement:
+            with lock:
+                seen["n"] += 1
+                first = seen["n"] == 1
+            if first:
+                time.sleep(0.5)  # the others arrive and wait meanwhile
+                raise RuntimeError("the holder's query failed")
+            time.sleep(0.3)  # each waiter's own query
+
+    def work(out: list[Any]) -> None:
+        barrier.wait()
+        try:
+            with maker() as s:
+                out.append([o.id for o in s.scalars(stmt)])
+        except Exception as err:
+            out.append(err)
+
+    with maker() as s:
+        expected = [o.id for o in s.scalars(ORDERS)]
+    event.listen(sqlite_engine, "before_cursor_execute", slow)
+    out: list[Any] = []
+    threads = [threading.Thread(target=work, args=(out,)) for _ in range(n_threads)]
+    try:
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        elapsed = time.monotonic() - started
+    finally:
+        event.remove(sqlite_engine, "before_cursor_execute", slow)
+        cache.uninstall()
+    errors = [r for r in out if isinstance(r, Exception)]
+    assert len(errors) == 1 and "the holder's query failed" in str(errors[0]), out
+    assert [r for r in out if not isinstance(r, Exception)] == [expected] * (n_threads - 1)
+    assert seen["n"] == n_threads
+    # one after the other would take 0.5 + 7 x 0.3 = 2.6 s
+    assert elapsed < 1.6, f"{elapsed:.2f}s: the waiters queued behind the key"

@@ -7,7 +7,6 @@ not set), or a redis-server of its own when it must restart it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -421,3 +420,33 @@ def test_every_entry_gets_a_ttl(target, sqlite_engine):
         assert all(raw.pttl(k) > 0 for k in keys)
     finally:
         cache.close()
+
+
+# -------------------------- finding 8: the pool's connection limit, used up
+
+
+def test_writes_still_go_out_after_many_threads(target, stores):
+    """Each thread's own write connection must not count against the pool's limit.
+
+    redis-py's pool counts every make_connection() against max_connections
+    (100) and never uncounts a connection that is not given back: after ~100
+    threads (or broken connections) every mark, end and bump failed while reads
+    went on, so commits waited or went out unmarked with bumps never delivered
+    (stale reads, found by ``python -m tests.consistency_checker --faults``).
+    """
+    store = stores(f"redis://{target[0]}:{target[1]}/{DB}")
+    failed = []
+
+    def write():
+        names = tuple(NAMES)
+        try:
+            store.begin_write(names)
+            store.end_write(names)
+        except Unavailable as err:
+            failed.append(err)
+
+    for _ in range(130):
+        t = threading.Thread(target=write)
+        t.start()
+        t.join()
+    assert failed == []
