@@ -49,6 +49,9 @@ from sqlalchemy.sql.schema import ForeignKeyConstraint
 from sqlalchemy.sql.selectable import Select
 
 ROWS = "@rows"
+#: past this many row-level names for one table in one transaction, a write
+#: bumps ``t@rows`` instead (a commit's round trip stays small)
+MAX_NAMED = 256
 INSERTS = "@ins"
 
 

@@ -297,6 +297,7 @@ class ConnTracker:
         "explicit_begin",
         "hints",
         "isolation",
+        "named",
         "marked",
         "marks",
         "settle_after",
@@ -330,9 +331,12 @@ class ConnTracker:
         #: (Table, encoded primary key) -> old foreign-key values, from the
         #: ORM just before its flush writes the row (:mod:`.rows`)
         self.hints: dict[Any, Any] | None = None
+        #: row-level names written per table in this transaction (capped: rows.MAX_NAMED)
+        self.named: dict[str, int] | None = None
 
     def end_transaction(self) -> None:
         self.hints = None
+        self.named = None
         self.statements = 0
         self.explicit_begin = False
         self.text_txn = False

@@ -108,13 +108,21 @@ class WritePath:
             if t.startswith("@"):
                 continue
             if single and t in direct:
-                try:
-                    found = rows.attribute_write(context, t, ct.hints)
-                except Exception:  # never our exception in the user's statement
-                    found = None
+                named = ct.named
+                if named is None:
+                    named = ct.named = {}
+                so_far = named.get(t, 0)
+                found = None
+                if so_far <= rows.MAX_NAMED:
+                    try:
+                        found = rows.attribute_write(context, t, ct.hints)
+                    except Exception:  # never our exception in the user's statement
+                        found = None
                 if found is not None:
-                    out |= found
-                    continue
+                    named[t] = so_far + len(found)
+                    if so_far + len(found) <= rows.MAX_NAMED:
+                        out |= found
+                        continue
             out.add(rows.rows_any(t))
         return out
 

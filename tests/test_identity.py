@@ -769,3 +769,38 @@ def test_expired_objects_reload_from_the_database(idc: Any, engine: Any) -> None
             c.execute(update(m.Product.__table__).where(m.Product.__table__.c.id == 12)
                       .values(name="later"))  # fmt: skip
         assert s.get(m.Product, 12).name == "later"  # the refresh is never a stale hit
+
+
+def test_a_large_flush_bumps_the_table_not_each_row(idc: Any, engine: Any) -> None:
+    """Past rows.MAX_NAMED row names for a table in one transaction, the commit
+    bumps t@rows: its round trip stays small, and every row entry still misses."""
+    from sqla_querycache import rows
+
+    cache, maker = idc
+    with maker() as s:
+        s.get(m.Tag, 3)
+    written: list[set[str]] = []
+    writer = cache._writer
+    real = writer.before_commit
+
+    def spy(conn: Any) -> None:
+        ct = conn.info.get(writer.info_key)
+        if ct is not None:
+            written.append(set(ct.written))
+        real(conn)
+
+    writer.before_commit = spy  # type: ignore[method-assign]
+    try:
+        with maker() as s:
+            for i in range(rows.MAX_NAMED + 20):  # one statement each: names accumulate
+                s.add(m.Tag(id=1000 + i, label=f"t{i}"))
+                s.flush()
+            s.get(m.Tag, 3).label = "in the big one"
+            s.commit()
+    finally:
+        writer.before_commit = real  # type: ignore[method-assign]
+    sent = set().union(*written)
+    assert "tag@rows" in sent
+    assert 0 < len([n for n in sent if n.startswith("tag#")]) <= rows.MAX_NAMED
+    with maker() as s:
+        assert s.get(m.Tag, 3).label == "in the big one"
