@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sqla_querycache")
 
+#: at most this many siblings' targets are prefetched by one lazy load
+_PREFETCH_MAX = 500
 #: execution option of get_many's first pass (a list the read path appends to)
 PROBE_OPTION = "_qc_probe"
 #: at most this many names are learned from an entry written elsewhere
@@ -333,6 +335,12 @@ class ReadPath:
             # batch is looked up in one round trip (ReadPath.lookup_many)
             probe.append((orm_state, region, key, names, plan, ttl))
             return plan.shape.result([], None)
+        if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
+                and orm_state.lazy_loaded_from is not None):  # fmt: skip
+            try:
+                self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
+            except Exception as err:  # an optimisation: never the user's error
+                cache._warn_once(("prefetch", type(err)), "prefetch failed: %r", err)
         result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
@@ -632,7 +640,115 @@ class ReadPath:
         cache._stats.incr(region.name, "hits")
         return shape.result(data, entry.rowcount(len(data))), versions
 
-    def lookup_many(self, probes: list[Any]) -> list[Any]:
+    def _prefetch(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        plan: keys.Plan,
+        rk: rows.RowKey,
+        cache_key: Any,
+        key: str,
+        names: tuple[str, ...],
+        ttl: float | None,
+    ) -> None:
+        """A many-to-one lazy load: load its siblings' targets too, in one round trip.
+
+        The siblings are the objects of the parent's class in the session whose
+        same relationship is not loaded yet (a page of orders: each order's
+        customer). Their targets are looked up in one batch; those the cache
+        misses are loaded by one ``IN`` query and stored, each under the
+        versions the batch read before it ran. They land in the identity map,
+        where the siblings' own lazy loads find them without SQL.
+        """
+        from sqlalchemy import tuple_
+        from sqlalchemy.orm import attributes
+        from sqlalchemy.orm.relationships import RelationshipProperty
+
+        session = orm_state.session
+        parent = orm_state.lazy_loaded_from
+        path = orm_state.loader_strategy_path
+        prop = getattr(path, "prop", None)
+        target = _pk_load(orm_state)
+        strategy = getattr(prop, "_lazy_strategy", None)
+        if (not isinstance(prop, RelationshipProperty) or target is None or strategy is None
+                or not getattr(strategy, "use_get", False)):  # fmt: skip
+            return
+        token = getattr(parent, "identity_token", None)
+        idmap = session.identity_map
+        wanted: dict[tuple[Any, ...], None] = {}
+        for state in list(idmap.all_states()):
+            if state is parent or state.manager is not parent.manager or prop.key in state.dict:
+                continue
+            ident = strategy._get_ident_for_use_get(session, state, attributes.PASSIVE_NO_FETCH)
+            if any(v is None or v is attributes.PASSIVE_NO_RESULT for v in ident):
+                continue
+            ident = tuple(ident)
+            if target.identity_key_from_primary_key(ident, token) in idmap:
+                continue
+            wanted[ident] = None
+            if len(wanted) >= _PREFETCH_MAX:
+                break
+        if not wanted:
+            return
+        get_params = target._get_clause[1]
+        pkeys = [get_params[col].key for col in target.primary_key]
+        own = orm_state.parameters or {}
+        cache_ = self.cache
+        probes = []
+        idents = []
+        for ident in wanted:
+            enc = rows.encode(ident)
+            if enc is None:
+                continue
+            params = {**own, **dict(zip(pkeys, ident))}
+            k = keys.entry_key(
+                cache_.namespace, region.name, plan, cache_key.bindparams, params,
+                getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
+                self._scope(orm_state),
+            )  # fmt: skip
+            n = (*rk.names(plan.tables, enc), *names[len(names) - 2 :])
+            probes.append((orm_state, region, k, n, plan, ttl))
+            idents.append(ident)
+        found = self.lookup_many(probes, keep_versions=True)
+        missing = [(ident, p, v) for ident, p, (r, v) in zip(idents, probes, found)
+                   if r is None and v is not None]  # fmt: skip
+        if not missing:
+            return
+        pk_cols = list(target.primary_key)
+        cond = (pk_cols[0].in_([i[0] for i, _, _ in missing]) if len(pk_cols) == 1
+                else tuple_(*pk_cols).in_([i for i, _, _ in missing]))  # fmt: skip
+        from sqlalchemy import select
+
+        stmt = select(target).where(cond).options(NoCache())
+        preexisting = set(idmap.keys()) if len(idmap) else None
+        rec, rec_token = tracking.start_recording()
+        try:
+            frozen = session.execute(stmt, execution_options={"autoflush": False}).freeze()
+        finally:
+            tracking.stop_recording(rec_token)
+        observed = rec.reads - {ALL_TABLES, rk.table}
+        if rec.impure is not None or rk.table in rec.again:
+            return
+        by_ident = {}
+        scalars = frozen._source_supports_scalars  # rows are the objects themselves
+        if bool(scalars) != bool(plan.shape.scalars):
+            return  # not the shape a get stores
+        for row in frozen.data:
+            obj = row if scalars else row[0]
+            by_ident[tuple(target.primary_key_from_instance(obj))] = row
+        shape = plan.shape
+        for ident, (_, _, k, n, _, _), versions in missing:
+            row = by_ident.get(ident)
+            if row is None or not observed.issubset(n):
+                continue  # no such row (not stored: an INSERT names none), or read more
+            ins = rows.inserts(rk.table)
+            keep = [i for i, name in enumerate(n) if name != ins]
+            kk = len(versions) - len(n)
+            kept_versions = versions[:kk] + [versions[kk + i] for i in keep]
+            self._store(region, k, tuple(n[i] for i in keep), kept_versions, plan, shape, [row],
+                        preexisting, ttl)  # fmt: skip
+
+    def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per
         region for the entries and one to the version store for all their names."""
         cache = self.cache
@@ -656,17 +772,18 @@ class ReadPath:
                 raws.update(zip(idx, got))
         except Exception as err:
             cache._warn_once(("get_many", type(err)), "cache read failed: %r", err)
-            return out
+            return [(None, None)] * len(probes) if keep_versions else out
         if current is None:
-            return out  # tables in flight, or the store is down: every id misses
+            # tables in flight, or the store is down: every id misses
+            return [(None, None)] * len(probes) if keep_versions else out
         k = len(current) - len(all_names)  # a store's own values first (the epoch)
         by_name = dict(zip(all_names, current[k:]))
         for i, (orm_state, region, key, names, plan, ttl) in enumerate(probes):
             versions = current[:k] + [by_name[n] for n in names]
             entry = self.memo.get((region.name, key))
-            result, _ = self._use(orm_state, region, key, names, plan, ttl, False, entry,
-                                  raws.get(i), versions)  # fmt: skip
-            out[i] = result
+            result, versions = self._use(orm_state, region, key, names, plan, ttl, False, entry,
+                                         raws.get(i), versions)  # fmt: skip
+            out[i] = (result, versions) if keep_versions else result
         return out
 
     def _learn(self, plan: keys.Plan, seen: Any) -> None:
@@ -763,19 +880,37 @@ class ReadPath:
             self._learn(plan, observed)
             stats.incr(region.name, "not_stored")
             return out
+        self._store(region, key, names, versions, plan, shape, frozen.data, preexisting, ttl)
+        return out
+
+    def _store(
+        self,
+        region: RegionStore,
+        key: str,
+        names: tuple[str, ...],
+        versions: list[int],
+        plan: keys.Plan,
+        shape: Shape,
+        data: Any,
+        preexisting: Any,
+        ttl: float | None,
+    ) -> None:
+        """Encode and store one result (``data``: its frozen rows), read under ``versions``."""
+        cache = self.cache
+        stats = cache._stats
         big = plan.too_large
         if big is not None:
             if big[2] <= 0 or time.monotonic() >= big[1]:
                 plan.too_large = None  # time to measure again
-            elif len(frozen.data) * big[0] > cache.max_entry_bytes:
+            elif len(data) * big[0] > cache.max_entry_bytes:
                 # a result of this shape this large was too large to store lately:
                 # not encoded again (until the retry); smaller ones still are
                 big[2] -= 1
                 stats.incr(region.name, "too_large")
-                return out
+                return
         try:
             templates: dict[Any, Any] = {}
-            payload = dehydrate(frozen.data, shape.scalars, preexisting, templates)
+            payload = dehydrate(data, shape.scalars, preexisting, templates)
             flags = shape.flags
             created = now()
             blob = codec.packb(
@@ -785,19 +920,19 @@ class ReadPath:
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
             stats.incr(region.name, "not_stored")
-            return out
+            return
         except Exception as err:
             cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
             stats.incr(region.name, "errors")
-            return out
+            return
         if len(stored) > cache.max_entry_bytes:
             # remember the bytes per row: results of this shape predicted too large
             # skip dehydrate + encode for a while
-            per_row = len(stored) / max(len(frozen.data), 1)
+            per_row = len(stored) / max(len(data), 1)
             plan.too_large = [per_row, time.monotonic() + _TOO_LARGE_RETRY_SECONDS,
                               _TOO_LARGE_RETRY_MISSES]  # fmt: skip
             stats.incr(region.name, "too_large")
-            return out
+            return
         try:
             region.set(key, stored, ttl)
             stats.incr(region.name, "stores")
@@ -814,7 +949,6 @@ class ReadPath:
             cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
                              region.name, err)  # fmt: skip
             stats.incr(region.name, "errors")
-        return out
 
 
 # -------------------------------------------------------------- helpers
@@ -836,18 +970,22 @@ def _identity_class(orm_state: ORMExecuteState) -> str | None:
     return cls.__name__ if cls is not None else None
 
 
-def _identity_load(orm_state: ORMExecuteState) -> bool:
-    """A load of one identity (``session.get``, a many-to-one lazy load) or a lazy load?"""
-    if orm_state.lazy_loaded_from is not None:
-        return True
+def _pk_load(orm_state: ORMExecuteState) -> Any:
+    """The mapper a load of one identity (``session.get``, a many-to-one lazy
+    load by primary key) loads, or None."""
     stmt: Any = orm_state.statement
     crit = getattr(stmt, "_where_criteria", ())
     if len(crit) != 1:
-        return False
+        return None
     subject = getattr(stmt, "_propagate_attrs", {}).get("plugin_subject")
     mapper = getattr(subject, "mapper", None)
     get_clause = getattr(mapper, "_get_clause", None)
-    return get_clause is not None and crit[0] is get_clause[0]
+    return mapper if get_clause is not None and crit[0] is get_clause[0] else None
+
+
+def _identity_load(orm_state: ORMExecuteState) -> bool:
+    """A load of one identity (``session.get``, a many-to-one lazy load) or a lazy load?"""
+    return orm_state.lazy_loaded_from is not None or _pk_load(orm_state) is not None
 
 
 def _rowcount_mode(rowcount: int | None, data: Any) -> int:
