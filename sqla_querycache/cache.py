@@ -62,7 +62,7 @@ class QueryCache:
         kept decoded).
     :param plan_memo_bytes: the statement shapes' plans (at most
         ``plan_memo_size`` of them) take at most this estimated memory
-        (default 64 MiB; a plan counts 12 KiB + 64 bytes per character of
+        (default 64 MiB; a plan counts 16 KiB + 64 bytes per character of
         its SQL), at least 1 MiB.
     :param scope: a function returning what, beyond the bind, makes results
         differ on the current connection (a tenant id your code sets with

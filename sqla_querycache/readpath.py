@@ -53,8 +53,8 @@ PROBE_OPTION = "_qc_probe"
 #: at most this many names are learned from an entry written elsewhere
 _MAX_LEARNED = 64
 #: the memo's estimate of a plan's memory: fixed + per character of its SQL (a plan keeps
-#: the compiled statement; measured ~23 KB at 159 characters, ~32 KB at 314)
-_PLAN_COST = 12 << 10
+#: the compiled statement; measured ~20 KB at ~60 characters, ~23 KB at 159, ~32 KB at 314)
+_PLAN_COST = 16 << 10
 _PLAN_COST_PER_CHAR = 64
 #: ... and of an entry's: fixed + its encoded size (+ per value, when kept decoded)
 _ENTRY_OVERHEAD = 512

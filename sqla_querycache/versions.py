@@ -12,6 +12,8 @@ can never make an old entry match again (I4).
 from __future__ import annotations
 
 import collections
+import hashlib
+import math
 import os
 import secrets
 import threading
@@ -39,7 +41,12 @@ class VersionStore(Protocol):
         """Current versions of ``names``; ``None`` if any is being written."""
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
-        """Before a commit (on ``conn``, when known): bump and mark ``names`` in flight."""
+        """Before a commit: bump and mark ``names`` in flight.
+
+        ``conn``: the Connection whose transaction is about to commit; the
+        Engine of a statement that commits by itself (autocommit, ``COMMIT
+        PREPARED``: no transaction to ride on); or None (unknown).
+        """
 
     def end_write(self, names: Sequence[str]) -> None:
         """After the commit (or its failure): bump again and clear the mark. May raise."""
@@ -930,78 +937,321 @@ class RedisVersions:
 
 #: the table of the "sql" version store (created by the alembic branch in migrations/)
 SQL_TABLE = "querycache_versions"
+#: the pseudo-name every commit bumps (tracking.ANY_TABLE): the sql store never
+#: writes a row for it next to real tables, readers derive it (see SqlVersions)
+_ANY = "@any"
+_SQL_DIALECTS = ("postgresql", "sqlite", "mysql", "mariadb")
+
+
+def _shares_connections(pool: Any) -> bool:
+    """A pool that hands one connection to every caller (in-memory SQLite's)."""
+    from sqlalchemy.pool import AssertionPool, SingletonThreadPool, StaticPool
+
+    return isinstance(pool, (StaticPool, SingletonThreadPool, AssertionPool))
+
+
+def _derived_any(rows: dict[str, int]) -> int:
+    """The version of ``@any``: a digest of every row, so any bump of any table changes it."""
+    h = hashlib.blake2b(digest_size=8)
+    for name in sorted(rows):
+        h.update(f"{name}\0{rows[name]}\n".encode())
+    return int.from_bytes(h.digest(), "big") & ((1 << 62) - 1)
+
+
+class _Source:
+    """Where the versions of one application pool are read and bumped on their own.
+
+    A pool of its own (``QueuePool``, or ``NullPool`` if the application chose
+    no pooling) built like the application's: the same creator (so the same
+    ``connect_args`` and ``do_connect`` hooks), the same connect/checkout
+    listeners, the same dialect; its connections are put in autocommit once,
+    when made, and are never reset on return (nothing to roll back). Lookups
+    never take a connection of the application's pool.
+    """
+
+    def __init__(self, app_pool: Any, dialect: Any, where: str, store: SqlVersions):
+        from sqlalchemy import event
+        from sqlalchemy.pool import NullPool, QueuePool
+
+        self.dialect = dialect
+        self.where = where
+        self.pid = os.getpid()
+        self.circuit = _Circuit(store.cooldown)
+        self.pool: Any = None
+        if _shares_connections(app_pool):
+            return  # read() refuses: no connection of our own can be had
+        kw: dict[str, Any] = {
+            "recycle": getattr(app_pool, "_recycle", -1),
+            "pre_ping": getattr(app_pool, "_pre_ping", False),
+            "reset_on_return": None,
+            "dialect": getattr(app_pool, "_dialect", None),
+            "_dispatch": app_pool.dispatch,  # the dialect's and the user's connect hooks
+        }
+        if isinstance(app_pool, NullPool):
+            cls: Any = NullPool
+        else:
+            cls = type(app_pool) if isinstance(app_pool, QueuePool) else QueuePool
+            kw.update(pool_size=store.pool_size, max_overflow=store.max_overflow,
+                      timeout=store.pool_timeout)  # fmt: skip
+        self.pool = cls(app_pool._creator, **kw)
+        dialect = self.dialect
+
+        def autocommit(dbapi_connection: Any, record: Any) -> None:
+            dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+
+        event.listen(self.pool, "connect", autocommit)
+
+    def run(self, work: Any) -> Any:
+        """``work(cursor)`` on one of this source's connections. Raises only Unavailable."""
+        from sqlalchemy.exc import MissingGreenlet
+        from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+        if self.pool is None:
+            raise Unavailable(
+                f"the sql version store cannot read {self.where}: its pool hands one "
+                f"connection to every caller (StaticPool / SingletonThreadPool), so no "
+                f"connection outside the session's transaction exists; use versions='local'"
+            )
+        self.circuit.check()
+        try:
+            conn = self.pool.connect()
+        except (PoolTimeout, MissingGreenlet) as err:  # busy, or an async driver called
+            # from outside its greenlet (invalidate() in async code): not an outage
+            raise Unavailable(f"sql version store cannot connect now: {err}") from None
+        except Exception as err:
+            self.circuit.failed()
+            raise Unavailable(f"sql version store unreachable: {err!r}") from None
+        try:
+            cursor = conn.cursor()
+            try:
+                out = work(cursor)
+            finally:
+                cursor.close()
+        except Exception as err:
+            conn.invalidate()  # whatever state it is in, it is not reused
+            if not isinstance(err, MissingGreenlet):
+                self.circuit.failed()
+            raise Unavailable(f"sql version store failed: {err!r}") from None
+        finally:
+            conn.close()
+        self.circuit.ok()
+        return out
+
+    def dispose(self) -> None:
+        if self.pool is not None:
+            self.pool.dispose()
 
 
 class SqlVersions:
     """Versions in a table of the application's own database.
 
-    The bump runs on the writer's connection inside its transaction, just
-    before the commit (in a savepoint, so a failure here can never abort the
-    user's transaction): invalidation commits atomically with the data and
-    cannot be lost by a crash between the two. Lookups read the table on a
-    separate autocommit connection: one small primary-key query per lookup,
-    the price of that guarantee. Supports PostgreSQL, MySQL/MariaDB, SQLite.
+    **Writes.** The bump runs on the writer's connection inside its
+    transaction, just before the commit (in a savepoint, so a failure here can
+    never abort the user's transaction): invalidation commits atomically with
+    the data and cannot be lost by a crash between the two. A statement that
+    commits by itself (an autocommit connection, ``COMMIT PREPARED``) has no
+    transaction to ride on: its tables are bumped on the store's own
+    connection before it runs and again after it ran.
+
+    **No hot row.** Every commit also invalidates the pseudo-name ``@any``
+    (what reads of unnamed tables depend on). A row for it would be locked by
+    every writing transaction until its commit, serialising unrelated
+    commits, so no row is written for it when a commit bumps real tables;
+    a lookup that needs ``@any`` derives it from every row (any bump changes
+    it). ``@all`` and ``@region:<name>`` are rows, bumped only by unattributable
+    writes and the manual ``invalidate_*`` calls.
+
+    **Reads.** Lookups read the table on a connection of a small pool the
+    store keeps per application pool (``pool_size`` + ``max_overflow``, waiting
+    at most ``pool_timeout`` s), in autocommit: one primary-key query that
+    sees every committed bump, taken before the query runs, and never a
+    second connection of the application's pool. A lookup the store cannot
+    answer (table missing, database unreachable, its pool busy) bypasses the
+    cache: the query runs uncached. After a failure the store skips the
+    database for ``cooldown`` s (those lookups bypass at once).
+
+    ``engine`` (an ``Engine`` or ``AsyncEngine``): the database of manual
+    invalidations made before this process has read or written anything.
+    Without it the store learns databases from the queries and commits it
+    sees, and ``invalidate()`` before any of them raises ConfigurationError.
+    Supports PostgreSQL, MySQL/MariaDB, SQLite (a file: an in-memory database
+    has only the session's connection, use ``"local"`` there).
     """
 
     kind = "sql"
     needs_bind = True
     retry_window = 0.0
 
-    def __init__(self, table_name: str = SQL_TABLE):
+    def __init__(
+        self,
+        engine: Any = None,
+        *,
+        table_name: str = SQL_TABLE,
+        pool_size: int = 2,
+        max_overflow: int = 6,
+        pool_timeout: float = TIMEOUT,
+        cooldown: float = 1.0,
+    ):
         from sqlalchemy import BigInteger, Column, MetaData, String, Table
+        from sqlalchemy.engine import Engine
 
+        from .exc import ConfigurationError
+
+        def number(name: str, value: Any, minimum: float, integral: bool) -> None:
+            kinds = (int,) if integral else (int, float)
+            if (isinstance(value, bool) or not isinstance(value, kinds)
+                    or not math.isfinite(value) or value < minimum):  # fmt: skip
+                what = "an int" if integral else "a number of seconds"
+                raise ConfigurationError(f"{name} must be {what} >= {minimum}, got {value!r}")
+
+        number("pool_size", pool_size, 1, True)
+        number("max_overflow", max_overflow, 0, True)
+        number("pool_timeout", pool_timeout, 0, False)
+        number("cooldown", cooldown, 0, False)
+        if not isinstance(table_name, str) or not table_name:
+            raise ConfigurationError(f"table_name must be a non-empty str, got {table_name!r}")
+        if engine is not None:
+            engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine
+            if not isinstance(engine, Engine):
+                raise ConfigurationError(
+                    f"engine must be a SQLAlchemy Engine or AsyncEngine, got {engine!r}"
+                )
+            if engine.dialect.name not in _SQL_DIALECTS:
+                raise ConfigurationError(
+                    f"the sql version store supports {', '.join(_SQL_DIALECTS)}; "
+                    f"not {engine.dialect.name}"
+                )
+            if _shares_connections(engine.pool):
+                raise ConfigurationError(
+                    f"the sql version store needs connections of its own to {engine.url!r}, "
+                    f"whose pool hands one connection to every caller ({type(engine.pool).__name__}"
+                    f"): use versions='local' for a database only one connection can reach"
+                )
         self.table = Table(
             table_name,
             MetaData(),
             Column("name", String(255), primary_key=True),
             Column("version", BigInteger, nullable=False),
         )
-        self._engines: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._sql: dict[Any, str] = {}
+        self.engine = engine
+        self.pool_size = pool_size
+        self.max_overflow = max_overflow
+        self.pool_timeout = float(pool_timeout)
+        self.cooldown = float(cooldown)
+        # per application pool (an engine's execution_options() copies share it)
+        self._sources: weakref.WeakKeyDictionary[Any, _Source] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        self._select_sql: dict[tuple[Any, tuple[str, ...]], str] = {}
+        # commits outside a transaction: names -> source, bumped again after them
+        self._after: dict[int, tuple[tuple[str, ...], _Source | None]] = {}
+        if engine is not None:
+            self._source(engine)
 
-    # -- reads, on a separate autocommit connection
+    def _source(self, engine: Any) -> _Source:
+        pool = engine.pool
+        src = self._sources.get(pool)
+        if src is None or src.pid != os.getpid():
+            with self._lock:
+                src = self._sources.get(pool)
+                # a forked child never uses its parent's sockets: a new pool, the
+                # parent's connections left alone (as Engine.dispose(close=False))
+                if src is None or src.pid != os.getpid():
+                    where = engine.url.render_as_string(hide_password=True)
+                    src = self._sources[pool] = _Source(pool, engine.dialect, where, self)
+        return src
+
+    def _targets(self) -> list[_Source]:
+        pid = os.getpid()
+        with self._lock:
+            for pool, src in list(self._sources.items()):
+                if src.pid != pid:  # after a fork: the child's own pool
+                    self._sources[pool] = _Source(pool, src.dialect, src.where, self)
+            targets = list(self._sources.values())
+        if not targets:
+            from .exc import ConfigurationError
+
+            raise ConfigurationError(
+                "the sql version store knows no database yet (this process has not run a "
+                "query or a commit through it): give it one, QueryCache(versions="
+                "SqlVersions(engine)) or QueryCache(versions=engine)"
+            )
+        return targets
+
+    # -- reads, on the store's own autocommit connections
 
     def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
-        from sqlalchemy import select
+        """Current versions of ``names`` (``@any`` derived from every row). Raises Unavailable."""
+        engine = bind.engine if bind is not None else self.engine
+        if engine is None:
+            raise Unavailable("the sql version store needs the query's bind")
+        src = self._source(engine)
+        names = tuple(names)
+        derive = _ANY in names
+        sql = self._select_for(src.dialect, names)
 
-        engine = bind.engine
-        self._engines.add(engine)
+        def work(cursor: Any) -> dict[str, int]:
+            cursor.execute(sql)
+            found = {name: version for name, version in cursor.fetchall()}
+            missing = sorted({n for n in names if n not in found and n != _ANY})
+            if missing:  # a fresh random start: no older incarnation can match (I4)
+                cursor.execute(self._insert_missing_sql(src.dialect, missing))
+                cursor.execute(sql)
+                found = {name: version for name, version in cursor.fetchall()}
+            return found
+
+        found = src.run(work)
+        if derive:
+            found[_ANY] = _derived_any(found)
+        try:
+            return [found[n] for n in names]
+        except KeyError as err:  # deleted between our insert and select: ask again later
+            raise Unavailable(f"version row {err} vanished") from None
+
+    def _select_for(self, dialect: Any, names: tuple[str, ...]) -> str:
+        memo = self._select_sql
+        key = (dialect, names)
+        sql = memo.get(key)
+        if sql is None:
+            from sqlalchemy import select
+
+            t = self.table
+            stmt = select(t.c.name, t.c.version)
+            if _ANY not in names:  # else every row: @any is derived from them all
+                stmt = stmt.where(t.c.name.in_(sorted(set(names))))
+            sql = str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
+            if len(memo) > 4096:
+                memo.clear()
+            memo[key] = sql
+        return sql
+
+    def _insert_missing_sql(self, dialect: Any, names: Sequence[str]) -> str:
         t = self.table
-        with engine.connect().execution_options(
-            isolation_level="AUTOCOMMIT", _qc_internal=True
-        ) as conn:
-            found = dict(
-                conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(names))).all()
-            )
-            missing = [n for n in names if n not in found]
-            if missing:
-                conn.execute(
-                    self._insert_missing(engine.dialect),
-                    [{"name": n, "version": fresh_version()} for n in missing],
-                )
-                found.update(
-                    conn.execute(select(t.c.name, t.c.version).where(t.c.name.in_(missing))).all()
-                )
-        return [found[n] for n in names]
-
-    def _insert_missing(self, dialect: Any) -> Any:
+        rows = [{"name": n, "version": fresh_version()} for n in names]
         name = dialect.name
+        stmt: Any
         if name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
 
-            return insert(self.table).on_conflict_do_nothing(index_elements=["name"])
-        if name == "sqlite":
+            stmt = insert(t).values(rows).on_conflict_do_nothing(index_elements=["name"])
+        elif name == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            return sqlite_insert(self.table).on_conflict_do_nothing(index_elements=["name"])
-        if name in ("mysql", "mariadb"):
+            stmt = sqlite_insert(t).values(rows).on_conflict_do_nothing(index_elements=["name"])
+        elif name in ("mysql", "mariadb"):
             from sqlalchemy.dialects.mysql import insert as mysql_insert
 
-            stmt = mysql_insert(self.table)
-            return stmt.on_duplicate_key_update(version=self.table.c.version)
-        raise NotImplementedError(f"the sql version store does not support {name}")
+            stmt = mysql_insert(t).values(rows).on_duplicate_key_update(version=t.c.version)
+        else:
+            raise NotImplementedError(f"the sql version store does not support {name}")
+        return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
     # -- writes, inside the writer's transaction
+
+    @staticmethod
+    def _rows_of(names: Sequence[str]) -> list[str]:
+        """The rows a bump writes: ``@any`` only when nothing else changes (it is derived)."""
+        rows = sorted({n for n in names if n != _ANY})
+        return rows or [_ANY]
 
     def _upsert_sql(self, dialect: Any, names: Sequence[str]) -> str:
         """An upsert bumping ``names``, rendered with literals for a raw DBAPI cursor."""
@@ -1031,10 +1281,25 @@ class SqlVersions:
         return str(stmt.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
     def begin_write(self, names: Sequence[str], conn: Any = None) -> None:
-        if conn is None:
-            return self.bump(names)
-        self._engines.add(conn.engine)
-        sql = self._upsert_sql(conn.dialect, sorted(names))
+        """Bump ``names`` in the transaction of ``conn`` (a Connection about to commit).
+
+        ``conn`` an Engine (a statement that commits by itself) or None: bump
+        on the store's own connection now and again in :meth:`end_write`.
+        """
+        from sqlalchemy.engine import Engine
+
+        if conn is None or isinstance(conn, Engine):
+            src = self._source(conn) if conn is not None else None
+            key = id(names)
+            self._after[key] = (tuple(names), src)
+            try:
+                self._bump_on([src] if src is not None else self._targets(), names)
+            except BaseException:
+                self._after.pop(key, None)
+                raise
+            return
+        self._source(conn.engine)  # known from now on: invalidate() can reach it
+        sql = self._upsert_sql(conn.dialect, self._rows_of(names))
         # the commit event fires inside Connection._commit_impl: talk to the
         # DBAPI connection directly, and in a savepoint so that an error here
         # (a missing table) rolls back only our statement
@@ -1051,22 +1316,56 @@ class SqlVersions:
             cursor.close()
 
     def end_write(self, names: Sequence[str]) -> None:
-        """Nothing to do: the bump committed with the data."""
+        """After a commit: nothing, the bump committed with the data; except after a
+        statement that committed by itself, whose tables are bumped again now."""
+        key = id(names)
+        after = self._after.get(key)
+        if after is None or (after[0] is not names and after[0] != tuple(names)):
+            return
+        src = after[1]
+        self._bump_on([src] if src is not None else self._targets(), names)
+        self._after.pop(key, None)
 
     def close(self) -> None:
-        """Nothing to release."""
+        """Close the store's own connections (made again if it is used after)."""
+        with self._lock:
+            sources = list(self._sources.values())
+            self._sources.clear()
+        for src in sources:
+            src.dispose()
+        if self.engine is not None:
+            self._source(self.engine)
 
     def bump(self, names: Sequence[str], engines: Any = None) -> None:
-        targets = list(engines or self._engines)
-        if not targets:
-            raise Unavailable("the sql version store has not seen a database yet")
-        for engine in targets:
-            with engine.begin() as conn:
-                conn = conn.execution_options(_qc_internal=True)
-                conn.exec_driver_sql(self._upsert_sql(engine.dialect, sorted(names)))
+        """Invalidate ``names`` now, in every database this store knows (or ``engines``).
+
+        Raises :class:`Unavailable` if a database does not answer, and
+        ConfigurationError if the store knows no database at all.
+        """
+        if engines:  # given by the caller (migrate.invalidating): on their own connections
+            rows = self._rows_of(names)
+            for engine in engines:
+                with engine.begin() as conn:
+                    conn = conn.execution_options(_qc_internal=True)
+                    conn.exec_driver_sql(self._upsert_sql(engine.dialect, rows))
+            return
+        self._bump_on(self._targets(), names)
+
+    def _bump_on(self, sources: Sequence[_Source], names: Sequence[str]) -> None:
+        rows = self._rows_of(names)
+        for src in sources:
+            sql = self._upsert_sql(src.dialect, rows)
+            src.run(lambda cursor, sql=sql: cursor.execute(sql))
 
     def __repr__(self) -> str:
-        return f"<SqlVersions table={self.table.name!r}>"
+        where = ", ".join(sorted(src.where for src in list(self._sources.values())))
+        return f"<SqlVersions table={self.table.name!r} databases=[{where}]>"
+
+
+def _is_engine(spec: Any) -> bool:
+    from sqlalchemy.engine import Engine
+
+    return isinstance(getattr(spec, "sync_engine", spec), Engine)
 
 
 def make_version_store(
@@ -1092,6 +1391,8 @@ def make_version_store(
         return LocalVersions()
     if spec == "sql":
         return SqlVersions()
+    if _is_engine(spec):
+        return SqlVersions(engine=spec)
     if redis_spec:
         kw = {} if lease is None else {"lease": lease}
         return RedisVersions(spec, namespace, require=require, **kw)

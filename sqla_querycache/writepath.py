@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import rows, tracking
+from .exc import ConfigurationError
 from .tracking import ALL_TABLES, ANY_TABLE, ConnTracker
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class WritePath:
                 self.before_commit(conn)
                 ct.written = set()
                 autocommit = True
-            self.on_write(ct, writes, autocommit)
+            self.on_write(ct, writes, autocommit, conn)
         elif scan.implicit_commit and not autocommit and ct.written:
             self.before_commit(conn)
             ct.written = set()
@@ -180,12 +181,16 @@ class WritePath:
             if kind == "commit_prepared":
                 # prepared elsewhere (another connection or process): unknown tables
                 t = names if names is not None else (ALL_TABLES,)
-                ct.committing.append(self.begin_commit([*t, ANY_TABLE]))
+                # no transaction to ride on: the Engine tells the store where to bump
+                ct.committing.append(self.begin_commit([*t, ANY_TABLE], conn.engine))
                 ct.settle_after = True
 
-    def on_write(self, ct: ConnTracker, names: frozenset[str], autocommit: bool) -> None:
+    def on_write(
+        self, ct: ConnTracker, names: frozenset[str], autocommit: bool, conn: Any = None
+    ) -> None:
         if autocommit:  # the statement commits itself; settled after it ran
-            ct.committing.append(self.begin_commit([*names, ANY_TABLE]))
+            engine = conn.engine if conn is not None else None  # no transaction to ride on
+            ct.committing.append(self.begin_commit([*names, ANY_TABLE], engine))
             ct.settle_after = True
             return
         ct.written |= names
@@ -310,6 +315,8 @@ class WritePath:
         names = rows.with_rows(names)
         try:
             self.versions.bump(names)
+        except ConfigurationError:
+            raise  # a store that cannot know where to bump (sql store without a database)
         except Exception as err:  # fail open: remember and retry
             self.cache._warn_once(("bump", type(err)), "version store bump failed: %r", err)
             self.failed.add(names)

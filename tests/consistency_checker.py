@@ -1,8 +1,8 @@
 """Multi-process consistency checker: writers and readers hammer one cache.
 
 Writers increment counters (ORM bulk UPDATE through a Session, ORM object
-changes, Core UPDATE on a plain connection, and a transaction that does
-other work for up to 0.3 s after its write) and log the value each commit
+changes, Core UPDATE on a plain connection, and now and then a transaction
+that does other work for up to 0.2 s after its write) and log the value each commit
 made and the time ``commit()`` returned. Readers log the time each read
 *began* and what it saw, through cached queries (a list and a per-row
 lookup), each in a fresh Session. A read is stale if it began after a commit
@@ -52,6 +52,8 @@ ROWS = 4
 GRACE = 20.0
 #: seconds one operation (a transaction, a read) may run before its worker prints its stacks
 SLOW = 15.0
+#: seconds the workers may take to start (imports, engine, cache) before the run fails
+STARTUP = 120.0
 
 
 class Base(DeclarativeBase):
@@ -129,14 +131,18 @@ class _Log:
         os._exit(3)
 
 
-def writer(db_url: str, redis_url: str, deadline: float, seed: int, out: str) -> None:
+def writer(db_url: str, redis_url: str, seconds: float, seed: int, out: str, go: Any) -> None:
     engine, cache, maker = _process(db_url, redis_url)
     rnd = random.Random(seed)
+    go(STARTUP)  # every worker is set up: the clock starts
+    deadline = time.time() + seconds
     log = _Log(out, deadline)
     commits = log.data["commits"] = []
     while time.time() < deadline:
         k = rnd.randrange(ROWS)
-        kind = rnd.randrange(4)
+        # a long transaction 1 time in 25: its mark (sent at its first write) keeps
+        # readers off the table until it ends, so more would leave little to hit
+        kind = 3 if rnd.random() < 0.04 else rnd.randrange(3)
         log.op_began = time.time()
         try:
             if kind == 0:  # ORM bulk UPDATE through the session
@@ -158,7 +164,7 @@ def writer(db_url: str, redis_url: str, deadline: float, seed: int, out: str) ->
                     value = s.execute(update(Counter).where(Counter.id == k)
                                       .values(value=Counter.value + 1)
                                       .returning(Counter.value)).scalar_one()  # fmt: skip
-                    time.sleep(rnd.random() * 0.3)
+                    time.sleep(rnd.random() * 0.2)
                     began = time.time()
                     s.commit()
             else:  # Core on a plain connection, no Session
@@ -177,11 +183,13 @@ def writer(db_url: str, redis_url: str, deadline: float, seed: int, out: str) ->
     cache.close()
 
 
-def reader(db_url: str, redis_url: str, deadline: float, seed: int, out: str) -> None:
+def reader(db_url: str, redis_url: str, seconds: float, seed: int, out: str, go: Any) -> None:
     from sqla_querycache import FromCache
 
     _, cache, maker = _process(db_url, redis_url)
     rnd = random.Random(seed)
+    go(STARTUP)
+    deadline = time.time() + seconds
     log = _Log(out, deadline)
     reads = log.data["reads"] = []
     all_rows = select(Counter).order_by(Counter.id).options(FromCache())
@@ -215,21 +223,54 @@ def _prepare(db_url: str) -> None:
     engine.dispose()
 
 
-def _workers(db_url: str, redis_url: str, deadline: float, writers: int, readers: int,
-             seed: int, tmp: str) -> list[Any]:  # fmt: skip
+class _StartLine:
+    """Workers report set up (``ready``) and wait for the parent's ``start``."""
+
+    def __init__(self, ctx: Any):
+        self.ready = ctx.Semaphore(0)
+        self.start = ctx.Event()
+
+    def __call__(self, timeout: float) -> None:
+        self.ready.release()
+        if not self.start.wait(timeout):
+            os._exit(4)  # the parent gave up on the run
+
+
+def _workers(db_url: str, redis_url: str, seconds: float, writers: int, readers: int,
+             seed: int, tmp: str) -> tuple[list[Any], float]:  # fmt: skip
+    """Start the workers; once all are set up (imports, engine, cache), start their clock.
+
+    Returns the processes and when their clock started: a loaded machine's
+    slow start-up does not eat into the run.
+    """
     ctx = multiprocessing.get_context("spawn")
+    go = _StartLine(ctx)
     procs = []
     for i in range(writers):
         procs.append(ctx.Process(target=writer, name=f"writer-{i}",
-                                 args=(db_url, redis_url, deadline, seed * 1000 + i,
-                                       os.path.join(tmp, f"w{i}.json"))))  # fmt: skip
+                                 args=(db_url, redis_url, seconds, seed * 1000 + i,
+                                       os.path.join(tmp, f"w{i}.json"), go)))  # fmt: skip
     for i in range(readers):
         procs.append(ctx.Process(target=reader, name=f"reader-{i}",
-                                 args=(db_url, redis_url, deadline, seed * 1000 + 100 + i,
-                                       os.path.join(tmp, f"r{i}.json"))))  # fmt: skip
+                                 args=(db_url, redis_url, seconds, seed * 1000 + 100 + i,
+                                       os.path.join(tmp, f"r{i}.json"), go)))  # fmt: skip
     for p in procs:
         p.start()
-    return procs
+    limit = time.time() + STARTUP
+    ready = 0
+    while ready < len(procs):
+        if go.ready.acquire(timeout=0.2):
+            ready += 1
+            continue
+        crashed = [p.name for p in procs if p.exitcode not in (None, 0)]
+        if crashed or time.time() > limit:
+            for p in procs:
+                p.kill()
+                p.join(5)
+            why = f"{crashed[0]} exited" if crashed else f"not set up within {STARTUP:g} s"
+            raise RuntimeError(f"the workers did not start: {why}")
+    go.start.set()
+    return procs, time.time()
 
 
 def _join(procs: list[Any], deadline: float) -> list[str]:
@@ -288,9 +329,8 @@ def run(db_url: str, redis_url: str, seconds: float, writers: int, readers: int,
     for key in client.scan_iter(match="*qccheck*"):
         client.delete(key)
     tmp = tempfile.mkdtemp()
-    deadline = time.time() + seconds + 2.0  # +2 s for the processes to start
-    procs = _workers(db_url, redis_url, deadline, writers, readers, seed, tmp)
-    hung = _join(procs, deadline)
+    procs, t0 = _workers(db_url, redis_url, seconds, writers, readers, seed, tmp)
+    hung = _join(procs, t0 + seconds)
     got = _collect(tmp)
     return check(got["commits"], got["reads"]) | {
         "hits": got["hits"], "misses": got["misses"], "errors": got["errors"], "hung": hung,
@@ -518,12 +558,10 @@ def run_with_faults(db_url: str, seconds: float, writers: int, readers: int, see
     tmp = tempfile.mkdtemp()
     runner = FaultRunner(schedule, server, proxy, db_proxy)
     try:
-        t0 = time.time() + 2.0  # the processes start meanwhile
-        deadline = t0 + seconds
-        procs = _workers(worker_db, f"redis://127.0.0.1:{proxy.port}/0", deadline,
-                         writers, readers, seed, tmp)  # fmt: skip
+        procs, t0 = _workers(worker_db, f"redis://127.0.0.1:{proxy.port}/0", seconds,
+                             writers, readers, seed, tmp)  # fmt: skip
         runner.start(t0)
-        hung = _join(procs, deadline)
+        hung = _join(procs, t0 + seconds)
     finally:
         runner.stop()
         proxy.close()

@@ -118,7 +118,7 @@ def test_plan_memo_bytes_bounds_the_plans(db: Any) -> None:
             for i in range(200):
                 assert len(s.scalars(shape(i).options(FromCache())).all()) == 1
                 assert plans.bytes <= MiB
-        # a plan of this shape counts 12 KiB + 64 B per character: ~25 KiB
+        # a plan of this shape counts 16 KiB + 64 B per character: ~23 KiB
         assert 20 < len(plans) < 60, len(plans)
     finally:
         cache.uninstall()
