@@ -245,7 +245,7 @@ class ReadPath:
             return None  # a refresh
         if orm_state.is_relationship_load and (
             self.cache.identity_region is None
-            or orm_state.lazy_loaded_from is None
+            or _lazy_parent(orm_state) is None
             or tracking.current_recorder() is not None
         ):
             # part of a load we cache whole (an eager load, or a lazy load run
@@ -336,7 +336,7 @@ class ReadPath:
             probe.append((orm_state, region, key, names, plan, ttl))
             return plan.shape.result([], None)
         if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
-                and orm_state.lazy_loaded_from is not None):  # fmt: skip
+                and _lazy_parent(orm_state) is not None):  # fmt: skip
             try:
                 self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
             except Exception as err:  # an optimisation: never the user's error
@@ -467,7 +467,7 @@ class ReadPath:
             m = getattr(m, "mapper", m)
             if m is not None and hasattr(m, "base_mapper"):
                 roots.append(m)
-        parent = orm_state.lazy_loaded_from
+        parent = _lazy_parent(orm_state)
         if parent is not None:  # its objects' load paths start at the parent's class
             roots.append(parent.mapper)
         mappers = self._mapper_set(roots)
@@ -665,7 +665,7 @@ class ReadPath:
         from sqlalchemy.orm.relationships import RelationshipProperty
 
         session = orm_state.session
-        parent = orm_state.lazy_loaded_from
+        parent = _lazy_parent(orm_state)
         path = orm_state.loader_strategy_path
         prop = getattr(path, "prop", None)
         target = _pk_load(orm_state)
@@ -970,6 +970,12 @@ def _identity_class(orm_state: ORMExecuteState) -> str | None:
     return cls.__name__ if cls is not None else None
 
 
+def _lazy_parent(orm_state: ORMExecuteState) -> Any:
+    """The state a lazy load loads for (``ORMExecuteState.lazy_loaded_from``, which
+    SQLAlchemy refuses for ``from_statement(text())``), or None."""
+    return getattr(_load_options(orm_state), "_lazy_loaded_from", None)
+
+
 def _pk_load(orm_state: ORMExecuteState) -> Any:
     """The mapper a load of one identity (``session.get``, a many-to-one lazy
     load by primary key) loads, or None."""
@@ -985,7 +991,7 @@ def _pk_load(orm_state: ORMExecuteState) -> Any:
 
 def _identity_load(orm_state: ORMExecuteState) -> bool:
     """A load of one identity (``session.get``, a many-to-one lazy load) or a lazy load?"""
-    return orm_state.lazy_loaded_from is not None or _pk_load(orm_state) is not None
+    return _lazy_parent(orm_state) is not None or _pk_load(orm_state) is not None
 
 
 def _rowcount_mode(rowcount: int | None, data: Any) -> int:
