@@ -224,7 +224,7 @@ def _write_plan(compiled: Any) -> _WritePlan | None:
         return None
     if stmt._independent_ctes or getattr(stmt, "_extra_froms", None):
         return None
-    table: Table = stmt.table
+    table: Table = stmt.table._deannotate()  # ORM-enabled DML names an annotated copy
     key_of = {c.name: c.key for c in table.c}
     if isinstance(stmt, Insert):
         if (stmt.select is not None or stmt._post_values_clause is not None
