@@ -90,6 +90,7 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
         info = _info(connection)
         if info is not None:
             ct = writer.tracker(info)
+            ct.in_session = True
             if ct not in tracker.conns:
                 tracker.conns.append(ct)
 

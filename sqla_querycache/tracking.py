@@ -103,17 +103,23 @@ def scan_sql(dialect: Any, sql: str) -> sqlscan.Analysis:
 class Recorder:
     """What the statements run during one cache miss read."""
 
-    __slots__ = ("again", "impure", "parent", "reads", "wrote")
+    __slots__ = ("again", "impure", "parent", "reads", "seen", "wrote")
 
     def __init__(self, parent: Recorder | None):
         self.parent = parent
+        #: the executions recorded (every installed cache reports each one)
+        self.seen: list[Any] = []
         self.reads: set[str] = set()
         #: tables read by more than one statement of the load
         self.again: set[str] = set()
         self.impure: str | None = None
         self.wrote = False
 
-    def add(self, found: sqlscan.Analysis) -> None:
+    def add(self, found: sqlscan.Analysis, context: Any = None) -> None:
+        if context is not None:
+            if any(c is context for c in self.seen):
+                return  # the same execution, reported by another installed cache
+            self.seen.append(context)
         rec: Recorder | None = self
         while rec is not None:  # a miss inside a miss: the outer one read it too
             if not rec.reads.isdisjoint(found.reads):
@@ -296,6 +302,7 @@ class ConnTracker:
         "committing",
         "explicit_begin",
         "hints",
+        "in_session",
         "isolation",
         "marked",
         "marks",
@@ -304,6 +311,7 @@ class ConnTracker:
         "state_changed",
         "statements",
         "text_txn",
+        "verifies",
         "written",
     )  # fmt: skip
 
@@ -333,8 +341,13 @@ class ConnTracker:
         self.hints: dict[Any, Any] | None = None
         #: row-level names written per table in this transaction (capped: rows.MAX_NAMED)
         self.named: dict[str, int] | None = None
+        #: pre-commit checks of marks sent ahead, awaited before commit() returns
+        self.verifies: list[tuple[Any, tuple[str, ...]]] = []
+        #: a Session runs this transaction (its after_commit settles it)
+        self.in_session = False
 
     def end_transaction(self) -> None:
+        self.in_session = False
         self.hints = None
         self.named = None
         self.statements = 0

@@ -231,6 +231,29 @@ if b > 0 then
 end
 return b + e + c
 """
+# Just before a commit whose marks were sent ahead: each mark must still be
+# there. A server restarted since (empty, or from an older snapshot), or a
+# failover, lost it while the writer trusted it: re-mark (bump + mark), so
+# that rows read before the commit and stored meanwhile are never served
+# after it. Sent before the database commit, awaited before commit() returns.
+# KEYS: v_1..v_n, m_1..m_n, dead(token)   ARGV: mark ttl ms, token
+_VERIFY_LUA = """
+local n = (#KEYS - 1) / 2
+local ttl = tonumber(ARGV[1])
+if redis.call('EXISTS', KEYS[#KEYS]) == 1 then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lost = 0
+for i = 1, n do
+  if not redis.call('ZSCORE', KEYS[n + i], ARGV[2]) then
+    lost = lost + 1
+    redis.call('INCR', KEYS[i])
+    redis.call('ZADD', KEYS[n + i], now + ttl, ARGV[2])
+    redis.call('PEXPIRE', KEYS[n + i], ttl)
+  end
+end
+return lost
+"""
 _BUMP_LUA = """
 for i = 1, #KEYS do redis.call('INCR', KEYS[i]) end
 return #KEYS
@@ -391,6 +414,7 @@ class RedisVersions:
         self._write = self.client.register_script(_WRITE_LUA)
         self._bump = self.client.register_script(_BUMP_LUA)
         self._boot = self.client.register_script(_BOOT_LUA)
+        self._verify = self.client.register_script(_VERIFY_LUA)
         self._noscript = False  # the server lost our scripts: send the next ones with EVAL
         self._ends: list[tuple[str, str]] = []  # post-commit halves not delivered yet
         self._cancels: list[tuple[str, str]] = []  # marks of unknown fate to resolve
@@ -652,6 +676,21 @@ class RedisVersions:
         token = secrets.token_hex(8)
         self._remember(names, token)
         return self._begin(names, token)
+
+    def verify_async(self, names: Sequence[str], token: str) -> _Ticket:
+        """Send the pre-commit check of a mark sent ahead (``_VERIFY_LUA``); await
+        it with :meth:`wait` (True: the mark held, or was made again). Never raises."""
+        keys = [*self._vkeys(names), *self._mkeys(names), self._deadkey(token)]
+        argv = [int(self.in_flight_ttl * 1000), token]
+        if self._cluster:  # no pipelined connection of our own: ask now
+            ticket = _Ticket([])
+            ticket.done = True
+            try:
+                ticket.reply = self._call(self._verify, keys, argv)
+            except Exception as err:
+                ticket.error = err
+            return ticket
+        return self._send_script(self._verify.sha, _VERIFY_LUA, [len(keys), *keys, *argv], [])
 
     def _remember(self, names: Sequence[str], token: str) -> None:
         """The mark token of ``names`` (this very tuple), for its ``end_write``."""

@@ -67,7 +67,7 @@ class WritePath:
         scan = tracking.scan(conn, context, statement)
         recorder = tracking.current_recorder()
         if recorder is not None:
-            recorder.add(scan)
+            recorder.add(scan, context)
         ct = self.tracker(conn.info)
         if scan.isolation is not None or scan.session_state:
             tracking.note_connection_state(ct, scan)
@@ -266,6 +266,27 @@ class WritePath:
         if rest:  # not marked ahead, or the mark did not land (in time)
             ct.committing.append(self.begin_commit(list(rest), conn))
         ct.written = set()
+        if ct.verifies and not ct.in_session:
+            # a Core commit: nothing of ours runs after it before it returns
+            self._settle_verifies(ct)
+
+    def _settle_verifies(self, ct: ConnTracker) -> None:
+        """Await the pre-commit checks of marks sent ahead (``verify_async``).
+
+        One that failed leaves the mark's fate unknown (the server may have
+        restarted and lost it): its tables are settled as an unmarked commit
+        (bumped before the commit returns if the store answers, else owed and
+        bypassed here until the bump lands).
+        """
+        verifies, ct.verifies = ct.verifies, []
+        store: Any = self.versions
+        for ticket, names in verifies:
+            if store.wait(ticket):
+                continue
+            self.failed.add(names)
+            for i, (n, marked) in enumerate(ct.committing):
+                if n == names and marked:
+                    ct.committing[i] = (n, False)
 
     def _collect_marks(self, ct: ConnTracker) -> set[str]:
         """Await the marks sent ahead; return the tables safely marked now.
@@ -276,11 +297,15 @@ class WritePath:
         confirmed: set[str] = set()
         store: Any = self.versions
         fresh_until = time.monotonic() - store.in_flight_ttl / 2
+        verify = getattr(store, "verify_async", None)
         for ticket, names, sent in ct.marks:
             if store.wait(ticket):
                 ct.committing.append((names, True))
                 if sent > fresh_until:
                     confirmed.update(names)
+                    if verify is not None and ticket.token:
+                        # still there? (a restart since would have lost it)
+                        ct.verifies.append((verify(names, ticket.token), names))
         ct.marks = []
         ct.marked = set()
         return confirmed
@@ -292,6 +317,8 @@ class WritePath:
             self.settle_tracker(ct)
 
     def settle_tracker(self, ct: ConnTracker) -> None:
+        if ct.verifies:
+            self._settle_verifies(ct)
         while ct.committing:
             self.end_commit(*ct.committing.pop())
 
@@ -299,6 +326,8 @@ class WritePath:
         ct = info.get(self.info_key)
         if ct is None:
             return
+        if ct.verifies:
+            self._settle_verifies(ct)
         if ct.marks:  # marks that landed must come back down (their bump stays)
             store: Any = self.versions
             for ticket, names, _ in ct.marks:

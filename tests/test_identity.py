@@ -846,3 +846,22 @@ def test_a_page_of_many_to_one_lazy_loads_costs_one_query_then_none(idc: Any, en
     assert got == [(a, b, m.dt.date(2031, 3, 3) if b == 20 else c) for a, b, c in want]
     assert again <= 2
     sql.close()
+
+
+def test_two_caches_in_one_process_store_row_keyed_entries(sqlite_engine: Any) -> None:
+    """Each installed cache reports every statement to the miss being recorded:
+    one execution must count once (else its table looks read twice, and the
+    entry is never stored with row-level names)."""
+    a = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    b = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    ma, mb = sessionmaker(sqlite_engine), sessionmaker(sqlite_engine)
+    a.install(ma)
+    b.install(mb)
+    try:
+        with ma() as s:
+            s.get(m.Product, 3)
+        assert a.stats()["default"]["stores"] == 1
+        assert a.stats()["default"]["not_stored"] == 0
+    finally:
+        a.uninstall()
+        b.uninstall()
