@@ -815,7 +815,7 @@ def test_a_page_of_many_to_one_lazy_loads_costs_one_query_then_none(idc: Any, en
     """The N+1 killer: the first lazy load of ``item.order`` on a page loads every
     item's order at once (one IN query on a cold cache, one batch lookup on a
     warm one); the other lazy loads find them in the identity map."""
-    cache, maker = idc
+    _cache, maker = idc
     sql = StatementCounter(engine)
     page = select(m.OrderItem).order_by(m.OrderItem.id).limit(20)
     # under REPEATABLE READ (MariaDB's default) the page's query takes a snapshot
