@@ -720,7 +720,10 @@ def test_waiters_run_their_own_query_when_the_holders_raises(aenv: AsyncEnv) -> 
         errors = [r for r in results if isinstance(r, BaseException)]
         assert len(errors) == 1 and "the holder's query failed" in str(errors[0]), errors
         assert [r for r in results if not isinstance(r, BaseException)] == [expected] * 29
-        assert seen["n"] == N_COLD  # the holder's, then each waiter's own
+        # the holder's, then the waiters' own, side by side (a late waiter may hit what
+        # an earlier one stored meanwhile)
+        stats = aenv.cache.stats()["default"]
+        assert seen["n"] >= 2 and seen["n"] - 1 + stats["hits"] == N_COLD - 1, (seen, stats)
         assert elapsed < 10, f"the waiters took {elapsed:.1f}s"
         assert gap < 1.0, f"the event loop stood still {gap:.2f}s"
         assert not aenv.cache._reader._locks._keys
@@ -771,7 +774,9 @@ def test_waiters_give_up_after_lock_timeout(aenv: AsyncEnv) -> None:
         assert all(ids == expected for ids, _ in waiters)
         slowest = max(t for _, t in waiters)
         assert 0.4 <= slowest < 2.5, f"waiters took {slowest:.2f}s with lock_timeout 0.4s"
-        assert seen["n"] == 10  # each waiter ran its own query after the timeout
+        # each waiter ran its own query after the timeout, or hit what one of them stored
+        stats = aenv.cache.stats()["default"]
+        assert seen["n"] >= 2 and seen["n"] - 1 + stats["hits"] == 9, (seen, stats)
         assert gap < 1.0, f"the event loop stood still {gap:.2f}s"
         assert not aenv.cache._reader._locks._keys
 
@@ -900,6 +905,7 @@ def test_threads_after_a_holder_that_raised_run_side_by_side(sqlite_engine: Any)
     errors = [r for r in out if isinstance(r, Exception)]
     assert len(errors) == 1 and "the holder's query failed" in str(errors[0]), out
     assert [r for r in out if not isinstance(r, Exception)] == [expected] * (n_threads - 1)
-    assert seen["n"] == n_threads
+    # each waiter ran its own query, or (late) hit what another stored
+    assert seen["n"] >= 2 and seen["n"] - 1 + cache.stats()["default"]["hits"] == n_threads - 1
     # one after the other would take 0.5 + 7 x 0.3 = 2.6 s
     assert elapsed < 1.6, f"{elapsed:.2f}s: the waiters queued behind the key"
