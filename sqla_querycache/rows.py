@@ -1,8 +1,9 @@
 """Row-level version names: what a write names exactly, and what a read depends on.
 
-Table-level names (``product``) are bumped by every write to the table. When
-the identity cache is on, a write also bumps finer names, and entries that
-depend on rows read those instead of the table's:
+Table-level names (``product``) are bumped by every write to the table. A
+write also bumps finer names (always: any process sharing the version store
+may read by row), and entries whose statement selects rows by key read those
+instead of the table's:
 
 ``product#7``
     the row whose primary key is 7: bumped by an UPDATE or DELETE that names
@@ -16,6 +17,8 @@ depend on rows read those instead of the table's:
     the same for every value: bumped when a write changes rows of that
     foreign key whose values it cannot name (the ORM did not know the old
     value, a bulk update by primary key).
+``product@ins``
+    bumped by every INSERT: only "no such row" entries depend on it.
 ``product@rows``
     every row: bumped by every write to the table that is not attributed to
     named rows (bulk/Core/text DML, a cascade the database applies, DDL).
