@@ -315,9 +315,24 @@ def server_identity(engine: Engine) -> str:
         # roll back the session's flushed writes (in-memory SQLite is keyed by
         # engine already)
         return ""
-    with engine.connect() as conn:
-        conn = conn.execution_options(_qc_internal=True)
-        found = [tuple(r) for r in conn.exec_driver_sql(sql).fetchall()]
+    # a connection of its own, made like the pool's (same creator, same connect
+    # hooks), never one of the pool's: the session asking may hold the last one
+    from sqlalchemy.pool import NullPool
+
+    pool: Any = engine.pool
+    side = NullPool(pool._creator, dialect=getattr(pool, "_dialect", None),
+                    _dispatch=pool.dispatch)  # fmt: skip
+    conn = side.connect()
+    try:
+        cursor = conn.cursor()
+        try:
+            cursor.execute(sql)
+            found = [tuple(r) for r in cursor.fetchall()]
+        finally:
+            cursor.close()
+    finally:
+        conn.invalidate()  # closed, never returned anywhere
+        side.dispose()
     if engine.dialect.name == "sqlite":
         # the files of main and attached databases; "temp" is listed only once a
         # connection has used it, so it would make the identity depend on history

@@ -794,3 +794,29 @@ def test_lazy_load_criteria_of_a_hit_are_its_own(sqlite_engine, cache):
     for _ in range(2):  # misses, then hits
         assert orders(0) == every
         assert orders(10_000) == []
+
+
+def test_server_identity_never_takes_a_connection_of_the_pool(engine: Any) -> None:
+    """A session holding the pool's only connection runs a first cached query on
+    an engine: asking the server who it is must not wait for that pool."""
+    import time as _time
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from sqla_querycache import FromCache, QueryCache
+
+    small = create_engine(engine.url, pool_size=1, max_overflow=0, pool_timeout=2)
+    cache = QueryCache(regions={"default": {"backend": "dogpile.cache.memory"}}).install(Session)
+    try:
+        with Session(small) as s:
+            s.connection()  # holds the pool's only connection
+            t = _time.monotonic()
+            s.execute(select(models.Tag).options(FromCache())).all()
+            s.execute(select(models.Tag).options(FromCache())).all()
+            assert _time.monotonic() - t < 1.5
+        assert cache.stats()["default"]["errors"] == 0
+        assert cache.stats()["default"]["stores"] == 1
+    finally:
+        cache.uninstall()
+        small.dispose()
