@@ -30,6 +30,7 @@ MUTANT_CONFIG = {  # the smallest world that shows each bug
     "no_epoch": dict(writers=1, readers=2, tmax=1, faults=1, lease=1, mark_ttl=2, attempts=1),
     "no_boot_check": dict(writers=1, readers=2, tmax=1, faults=1, lease=2, mark_ttl=3, attempts=1),
     "restart_while_marked": dict(writers=1, readers=2, tmax=0, faults=1),
+    "restart_during_db_commit": dict(writers=1, readers=2, tmax=0, faults=1),
     "unmarked_bump_async": dict(writers=1, readers=1, tmax=1, faults=1, lease=1, mark_ttl=2,
                                 attempts=1),  # fmt: skip
     "shared_counter_marks": dict(writers=2, readers=0, tmax=1, faults=1, lease=1, mark_ttl=3,

@@ -57,8 +57,14 @@ class Protocol:
     token_marks: bool = True  # per-writer mark tokens with own TTL + tombstones (vs shared counter)
     inflight_check: bool = True  # readers neither serve nor store a marked table
     epoch: bool = True  # entries depend on the epoch (lease) at all
-    #: A2: no crash/restart while a writer holds a confirmed mark whose end has not landed
-    #: (a known limit, see ARCHITECTURE.md; the mutant "restart_while_marked" drops it)
+    #: the pre-commit check: each mark sent ahead is confirmed (or made again) in the
+    #: server's current incarnation, sent before the database commit and awaited
+    #: before commit() returns; a failed check settles the commit as unmarked
+    verify: bool = True
+    #: A2: no crash/restart while a writer holds a confirmed mark whose end has not
+    #: landed; with ``verify`` only in the window between the check and the database
+    #: commit (a known limit, see ARCHITECTURE.md; the mutants "restart_while_marked"
+    #: and "restart_during_db_commit" drop it)
     no_restart_while_marked: bool = True
     settle_unmarked: bool = True  # an unmarked commit bumps before returning if the store answers
 
@@ -179,6 +185,12 @@ def _apply(s: State, msg: tuple, p: Protocol) -> State:
             d = d._replace(v=(1 if d.v is None else d.v + 1), marks=marks)
         else:
             d = d._replace(marks=marks, dead=(d.dead | {token}) if p.token_marks else d.dead)
+    elif kind == "verify":
+        _, w, token = msg
+        if token not in d.dead and not any(m[0] == token for m in d.marks):
+            v = 1 if d.v is None else d.v + 1  # lost: bump and mark again
+            d = d._replace(v=v, marks=d.marks | {(token, t + M, t)})
+        acked = acked | {msg}
     elif kind == "set":
         _, vers, value = msg
         d = d._replace(entry=(vers, value))
@@ -216,13 +228,13 @@ def successors(s: State, p: Protocol) -> list[tuple[str, State]]:
         out.append(("heartbeat", s2))
         if s.snap != s.data and s.faults < FAULTS:
             out.append(("snapshot", s._replace(snap=s.data)))
-    if s.t < TMAX and not any(w.pc in ("commit", "end") for w in s.writers):
+    if s.t < TMAX and not any(w.pc in ("commit", "dbc", "vcheck", "end") for w in s.writers):
         out.append(("tick", s._replace(t=s.t + 1)))  # a commit takes no time
     if up and _store_away_allowed(s):
         out.append(("hang", s._replace(status="hung", faults=s.faults + 1)))
         out.append(("black-hole", s._replace(status="hole", pending=frozenset(),
                                              faults=s.faults + 1)))  # fmt: skip
-        if not (p.no_restart_while_marked and _marked_in_flight(s)):
+        if not (p.no_restart_while_marked and _marked_in_flight(s, p)):
             out.append(("crash", s._replace(status="dead", pending=frozenset(),
                                             faults=s.faults + 1)))  # fmt: skip
     if s.status in ("up", "hung") and s.pending and s.faults < FAULTS:
@@ -248,8 +260,12 @@ def successors(s: State, p: Protocol) -> list[tuple[str, State]]:
     return out
 
 
-def _marked_in_flight(s: State) -> bool:
-    """A writer whose mark landed and whose end has not landed yet."""
+def _marked_in_flight(s: State, p: Protocol) -> bool:
+    """A writer whose mark landed and whose end has not landed yet (with the
+    pre-commit check: one whose check ran and whose database commit has not)."""
+    if p.verify:
+        return any(w.pc == "dbc" and w.marked and ("verify", i, w.token) in s.acked
+                   for i, w in enumerate(s.writers))  # fmt: skip
     for w in s.writers:
         if w.pc in ("commit", "end") and w.marked:
             return True
@@ -303,7 +319,20 @@ def _writer_steps(s: State, i: int, w: Writer, p: Protocol) -> list:
             out.append(("commit unmarked", w._replace(pc="commit", marked=False, owes=False), s))
     elif w.pc == "commit":
         db = s.db + 1
-        out.append(("db commit", w._replace(pc="end", mine=db), s._replace(db=db)))
+        if p.verify and w.marked:
+            check = ("verify", i, w.token)
+            out.append(("pre-commit check", w._replace(pc="dbc"), _send(s, check)))
+        else:
+            out.append(("db commit", w._replace(pc="end", mine=db), s._replace(db=db)))
+    elif w.pc == "dbc":
+        db = s.db + 1
+        out.append(("db commit", w._replace(pc="vcheck", mine=db), s._replace(db=db)))
+    elif w.pc == "vcheck":  # commit() awaits the check before it returns
+        check = ("verify", i, w.token)
+        if check in s.acked:
+            out.append(("check held", w._replace(pc="end"), s._replace(acked=s.acked - {check})))
+        elif not up or check not in s.pending:  # lost, or the store is away: unknown
+            out.append(("check failed", w._replace(pc="end", marked=False), s))
     elif w.pc == "end":
         end = ("end", i, w.token if w.marked else None)
         if not w.marked and up and p.settle_unmarked:
@@ -314,7 +343,7 @@ def _writer_steps(s: State, i: int, w: Writer, p: Protocol) -> list:
         else:
             s2 = _send(s, end)._replace(returned=max(s.returned, w.mine))
             out.append(("commit returned", w._replace(pc="ending", owed=w.owed | {end}), s2))
-    if w.pc in ("ending", "retry", "await", "commit", "end") and w.owed:
+    if w.pc in ("ending", "retry", "await", "commit", "dbc", "vcheck", "end") and w.owed:
         done = frozenset(m for m in w.owed if m in s.acked)
         if done:
             w2 = w._replace(owed=w.owed - done)
@@ -381,7 +410,8 @@ def check_state(s: State, p: Protocol) -> None:
             if not (p.inflight_check and _live_marks(d, s.t)) and value < s.returned:
                 raise Violation(f"servable entry holds {value} < returned commit {s.returned}")
     # marks end: a mark nobody holds is never re-armed past its own TTL
-    held = {w.token for w in s.writers if w.pc in ("await", "commit", "end") and w.token}
+    held = {w.token for w in s.writers
+            if w.pc in ("await", "commit", "dbc", "vcheck", "end") and w.token}  # fmt: skip
     for token, exp, at in d.marks:
         if token not in held and exp > at + M:
             raise Violation(f"in-flight mark {token} re-armed after its owner let go")
@@ -461,7 +491,8 @@ MUTANTS = {
     "shared_counter_marks": Protocol(token_marks=False),
     "no_inflight_check": Protocol(inflight_check=False),
     "no_epoch": Protocol(epoch=False),
-    "restart_while_marked": Protocol(no_restart_while_marked=False),
+    "restart_while_marked": Protocol(verify=False, no_restart_while_marked=False),
+    "restart_during_db_commit": Protocol(no_restart_while_marked=False),
     "unmarked_bump_async": Protocol(settle_unmarked=False),
 }
 
