@@ -162,8 +162,10 @@ def _describe_entry(
                    params=None, valid=f"corrupt ({type(entry).__name__})")  # fmt: skip
         return row
     created, names, versions, payload = entry[2], entry[3], entry[4], entry[6]
-    info = entry[7] if len(entry) > 7 and isinstance(entry[7], list) else [None, None]
-    fp, params = info[0], info[1]
+    info = entry[7] if len(entry) > 7 and isinstance(entry[7], list) else []
+    fp = info[0] if len(info) == 2 and isinstance(info[0], str) else None
+    params = info[1] if fp and isinstance(info[1], list) else None
+    params = [str(p) for p in params] if params is not None else None
     age = time.time() - created
     row.update(
         age=round(age, 1), ttl_left=_ttl_left(cache, region, key, age), rows=len(payload[4]),

@@ -22,6 +22,8 @@ import pytest
 
 from sqla_querycache import cli, commands, demo
 
+from . import models
+
 ROOT = Path(__file__).resolve().parents[1]
 
 APP = Template('''
@@ -402,3 +404,57 @@ def test_show_one_entry(app: Any, tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no entry" in proc.stderr
     proc = run(tmp_path, "show", "nonsense")
     assert proc.returncode == 1 and "is not an entry key" in proc.stderr
+
+
+SQL_APP = Template('''
+from dogpile.cache import make_region
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+from sqla_querycache import QueryCache
+
+engine = create_engine($db)
+Session = sessionmaker(engine)
+cache = QueryCache(
+    regions={"default": make_region().configure(
+        "dogpile.cache.redis", expiration_time=600, arguments={"url": $redis})},
+    versions="sql",
+).install(Session)
+''')
+
+
+def test_validity_with_the_sql_store_needs_the_database_url(
+    tmp_path: Path, redis_url: str, redis_client: Any
+) -> None:
+    from sqlalchemy import select
+
+    from sqla_querycache import FromCache
+
+    db = f"sqlite:///{tmp_path}/sqlapp.db"
+    (tmp_path / "qc_sql.py").write_text(SQL_APP.substitute(db=repr(db), redis=repr(redis_url)))
+    spec = importlib.util.spec_from_file_location("qc_sql", tmp_path / "qc_sql.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.cache.versions.table.create(module.engine)
+        models.Base.metadata.create_all(module.engine)
+        with module.Session() as s:
+            models.populate(s)
+        with module.Session() as s:
+            s.scalars(select(models.Tag).options(FromCache())).all()
+
+        def entries(*extra: str) -> Any:
+            proc = run(tmp_path, "entries", "--json", *extra, cache="qc_sql:cache")
+            assert proc.returncode == 0, proc.stderr
+            return json.loads(proc.stdout)
+
+        (row,) = entries()
+        assert row["valid"] == "unknown (sql store: give --url)" and row["tables"] == "tag"
+        assert entries("--url", db)[0]["valid"] is True
+        with module.Session() as s:
+            s.get(models.Tag, 1).label = "renamed"
+            s.commit()
+        assert entries("--url", db)[0]["valid"] is False
+    finally:
+        module.cache.close()
+        module.engine.dispose()
