@@ -13,6 +13,7 @@ The command line is generated from these signatures and docstrings
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -435,6 +436,44 @@ def _print_demo(rows: Rows) -> None:
     shop.render_table(rows)
 
 
+def exporter(
+    cache: QueryCache,
+    port: int = 9300,
+    address: str = "127.0.0.1",
+    scope: str = "app",
+    seconds: float = 0.0,
+) -> Rows:
+    """Serve the counters on a Prometheus /metrics endpoint (app-wide: run ONE next to the app).
+
+    :param port: the HTTP port
+    :param address: the address to listen on
+    :param scope: app (every process, summed; needs Redis versions) or process
+    :param seconds: stop after this long (0: until Ctrl-C)
+    """
+    from .metrics import PrometheusCollector
+
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as err:
+        raise ConfigurationError("pip install 'sqla_querycache[prometheus]'") from err
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(cache, scope=scope))
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    print(f"serving http://{address}:{port}/metrics", file=sys.stderr, flush=True)
+    try:
+        if seconds:
+            time.sleep(seconds)
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        thread.join(5)
+    return [{"served": f"http://{address}:{port}/metrics", "scope": scope}]
+
+
 class Command(NamedTuple):
     """One subcommand of the CLI."""
 
@@ -457,5 +496,6 @@ COMMANDS: dict[str, Command] = {
     "versions": Command(versions),
     "invalidate": Command(invalidate),
     "identity": Command(identity),
+    "exporter": Command(exporter),
     "demo": Command(demo, needs_cache=False, render=_print_demo),
 }

@@ -142,6 +142,14 @@ def as_json(cwd: Path, *args: str) -> list[dict[str, Any]]:
     return json.loads(ok(cwd, *args, "--json"))  # type: ignore[no-any-return]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def table(out: str) -> list[dict[str, str]]:
     """The rows of a table the CLI printed (rich's box characters), by column header."""
     lines = out.splitlines()
@@ -236,7 +244,8 @@ def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
     key = as_json(tmp_path, "entries", "--region", "hot")[0]["key"]
     args = {"regions": [], "entries": [], "versions": ["--tables", "tag"],
             "invalidate": ["--tables", "tag"], "stats": [], "top": ["--once"],
-            "show": [key], "identity": []}  # fmt: skip
+            "show": [key], "identity": [],
+            "exporter": ["--port", str(_free_port()), "--seconds", "0.1"]}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)

@@ -159,3 +159,46 @@ def test_opentelemetry_instruments_read_the_same_numbers(app: App) -> None:
     calls = [v for (name, _), v in points.items() if name == "sqla_querycache.statement.calls"]
     assert sorted(calls) == [1, 3]
     provider.shutdown()
+
+
+def test_the_cli_exporter_serves_the_apps_counters(app: App, tmp_path: Any, redis_url: str) -> None:
+    """`sqla-querycache exporter` next to the app: a real /metrics of every process's sums."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "qc_exp.py").write_text(
+        "from dogpile.cache import make_region\n"
+        "from sqla_querycache import QueryCache\n"
+        f"cache = QueryCache(regions={{'default': make_region().configure('dogpile.cache.memory'),"
+        f" 'hot': make_region().configure('dogpile.cache.memory')}}, versions={redis_url!r})\n"
+    )
+    app.run()
+    app.cache.flush_stats()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(tmp_path)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sqla_querycache.cli", "exporter", "--cache", "qc_exp:cache",
+         "--port", str(port), "--seconds", "20"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                m = scrape(port)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        region = (("region", "default"),)
+        assert m[("sqla_querycache_hits_total", region)] == 2  # the app's, not the exporter's
+        assert m[("sqla_querycache_misses_total", region)] == 1
+        assert m[("sqla_querycache_processes", ())] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
