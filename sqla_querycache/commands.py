@@ -185,7 +185,7 @@ def _ttl_left(cache: QueryCache, region: str, key: str, age: float) -> float | N
         try:
             ms = store.redis.pttl(key)
             if ms is not None and ms >= 0:
-                return round(ms / 1000, 1)
+                return round(float(ms) / 1000, 1)
         except Exception:
             pass
     exp = store.expiration_time
@@ -363,7 +363,7 @@ def top(
             else:
                 row["calls_per_s"] = row["hits_per_s"] = None
             before[row[key]] = {"calls": calls, "hits": row["hits"]}
-        rows.sort(key=lambda r: (-(r["calls_per_s"] or 0), -r.get("calls", r["hits"])))
+        rows.sort(key=lambda r: (-(r["calls_per_s"] or 0), -(r.get("calls") or r["hits"])))
         then = now
         yield rows[:limit]
         n += 1
@@ -477,7 +477,7 @@ def exporter(
 class Command(NamedTuple):
     """One subcommand of the CLI."""
 
-    fn: Callable[..., Rows]
+    fn: Callable[..., Any]  # Rows, or an iterator of Rows with ``stream``
     #: whether ``fn`` takes the user's QueryCache (``--cache module:attribute``) first
     needs_cache: bool = True
     #: prints the rows in place of the CLI's generic table

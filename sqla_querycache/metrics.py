@@ -156,7 +156,7 @@ class PrometheusCollector:
             m = CounterMetricFamily(f"{PREFIX}_table_{key}", f"per table: {key}",
                                     labels=["table"])  # fmt: skip
             for name, t in tables.items():
-                m.add_metric([name], t[key])  # type: ignore[literal-required]
+                m.add_metric([name], t[key])
             yield m
         stmts = report["statements"][: self.statements]
         families = {

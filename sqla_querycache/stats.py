@@ -470,23 +470,23 @@ def build_report(
     scope: str, fields: dict[str, float], metas: dict[str, Any], processes: list[ProcessInfo]
 ) -> Report:
     """Flat fields (``kind|name|counter``: a snapshot, or the shared hash) -> a Report."""
-    regions: dict[str, Counter[str]] = {}
-    tables: dict[str, Counter[str]] = defaultdict(Counter)
+    regions: dict[str, defaultdict[str, float]] = {}
+    tables: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
     classes: dict[str, dict[str, Any]] = defaultdict(dict)
     stmts: dict[str, dict[str, float]] = defaultdict(dict)
     for field, value in fields.items():
         kind, _, rest = field.partition("|")
         name, _, counter = rest.rpartition("|")
         if kind == "r":
-            regions.setdefault(name, Counter())[counter] += value  # type: ignore[assignment]
+            regions.setdefault(name, defaultdict(float))[counter] += value
         elif kind == "t":
-            tables[name][counter] += value  # type: ignore[assignment]
+            tables[name][counter] += value
         elif kind == "c":
             classes[name][counter] = value
         elif kind == "s":
             stmts[name][counter] = value
     statements: list[StatementStats] = []
-    saved_by_region: Counter[str] = Counter()
+    saved_by_region: defaultdict[str, float] = defaultdict(float)
     for fp, c in stmts.items():
         meta = metas.get(fp)
         region, sql, stables = (meta[0], meta[1], list(meta[2])) if meta else ("?", "?", [])
@@ -507,13 +507,15 @@ def build_report(
             "entry_bytes": round(c.get("bytes_stored", 0) / stores) if stores else None,
         }  # fmt: skip
         statements.append(row)
-        saved_by_region[region] += saved  # type: ignore[assignment]
+        saved_by_region[region] += saved
         for t in stables:
             tc = tables[t]
-            for k in ("hits", "misses", "bypassed", "stores"):
-                tc["s_" + k] += row[k]  # type: ignore[literal-required]
-            tc["s_db"] += db  # type: ignore[assignment]
-            tc["s_saved"] += saved  # type: ignore[assignment]
+            tc["s_hits"] += hits
+            tc["s_misses"] += misses
+            tc["s_bypassed"] += row["bypassed"]
+            tc["s_stores"] += stores
+            tc["s_db"] += db
+            tc["s_saved"] += saved
     statements.sort(key=lambda s: (-s["calls"], s["fingerprint"]))
     out_regions: dict[str, RegionStats] = {}
     for name, c in regions.items():
