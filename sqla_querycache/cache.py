@@ -276,7 +276,8 @@ class QueryCache:
         if scope == "app" and self._app_stats is not None:
             self._app_stats.store.clear()
             self._stats.reset()
-            self._stats._flushed = {}  # nothing of before is owed to the cleared store
+            with self._stats.flush_lock:
+                self._stats._flushed = {}  # nothing of before is owed to the cleared store
         else:
             self._stats.reset()
 

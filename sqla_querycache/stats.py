@@ -283,6 +283,8 @@ class Stats:
         self.hooks = Hooks()
         #: the cumulative values last flushed to the shared store (AppStats)
         self._flushed: dict[str, float] = {}
+        #: held by a flush and by reset(): a reset never lands inside a flush
+        self.flush_lock = threading.Lock()
 
     # -- counting (called by the read and write paths)
 
@@ -427,7 +429,7 @@ class Stats:
 
     def reset(self) -> None:
         """Zero this process's counters (what was not flushed yet still is)."""
-        with self._lock:
+        with self.flush_lock, self._lock:
             pending = _delta(self._snapshot(), self._flushed)
             for c in self._regions.values():
                 c.clear()
@@ -648,7 +650,6 @@ class AppStats:
         self.store = store
         self.interval = interval
         self.process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._failing = 0.0
         self._thread: threading.Thread | None = None
@@ -661,7 +662,7 @@ class AppStats:
 
     def flush(self) -> bool:
         """Send what changed since the last flush; True if it landed (or nothing to send)."""
-        with self._flush_lock:
+        with self.stats.flush_lock:
             snap = self.stats.snapshot()
             delta = _delta(snap, self.stats._flushed)
             delta = {k: v for k, v in delta.items() if not k.endswith("|_")}
