@@ -21,7 +21,7 @@ from .exc import ConfigurationError, UnknownRegionError
 from .hydrate import mapper_of
 from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
-from .stats import Stats
+from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
 from .versions import MAX_LEASE, VersionStore
 from .versions import make_version_store as _make_version_store
 from .writepath import WritePath
@@ -87,6 +87,11 @@ class QueryCache:
         from ``secret``; needs the ``cryptography`` package, extra
         ``[encrypt]``).
 
+    :param stats_interval: seconds between two flushes of this process's
+        counters to the app-wide stats (Redis versions only; see
+        :meth:`report`); 0 flushes only on :meth:`flush_stats`, reads and
+        :meth:`close`.
+
     Every argument is checked here, before anything starts (no thread, no
     connection kept): a bad one raises :class:`~.exc.ConfigurationError`.
     """
@@ -109,6 +114,7 @@ class QueryCache:
         secret: bytes | str | Sequence[bytes | str] | None = None,
         encrypt: bool = False,
         identity_region: str | None = None,
+        stats_interval: float = 1.0,
     ):
         # 1. plain values
         if not isinstance(regions, Mapping) or not regions:
@@ -136,6 +142,7 @@ class QueryCache:
             if lease < 0.001:
                 raise ConfigurationError(f"lease must be at least 0.001 s, got {lease!r}")
         checks.flag("require_versions", require_versions)
+        stats_interval = checks.seconds("stats_interval", stats_interval, positive=False)
         if identity_region is not None and (
             not isinstance(identity_region, str) or identity_region not in regions
         ):
@@ -168,6 +175,12 @@ class QueryCache:
             versions, namespace, lease=lease, require=require_versions
         )
         self._stats = Stats(self.regions)
+        #: app-wide counters: flushed to the versions' Redis (None with other stores)
+        self._app_stats: AppStats | None = None
+        client = getattr(self.versions, "client", None)
+        if client is not None and hasattr(client, "pipeline"):
+            self._app_stats = AppStats(self._stats, RedisStatsStore(client, namespace),
+                                       stats_interval)  # fmt: skip
         self._info_key = f"_sqla_querycache_{id(self)}"
         self._installed: events.Installation | None = None
         self._warned: set[Any] = set()
@@ -193,24 +206,80 @@ class QueryCache:
         """Uninstall, and stop the version store's threads and connections."""
         self.uninstall()
         self._reader.clear()  # the memory this process kept: plans, decoded entries
+        if self._app_stats is not None:
+            self._app_stats.close()  # the last counts, before the store's client goes
         close = getattr(self.versions, "close", None)
         if close is not None:
             close()
 
-    def stats(self) -> dict[str, dict[str, Any]]:
-        """Counters per region (``hits``, ``misses``, ``stores``, ``errors``, ...)."""
-        return self._stats.regions()
+    def stats(self, scope: str = "process") -> dict[str, Any]:
+        """Counters per region (``hits``, ``misses``, ``stores``, ``errors``, ...).
 
-    def table_stats(self) -> dict[str, dict[str, int]]:
-        """Per table: ``invalidations`` (writes committed) and ``bypassed`` reads."""
-        return self._stats.tables()
+        ``scope="process"``: this process's; ``scope="app"``: every process's
+        sharing the Redis versions, summed (see :meth:`report`). Each region's
+        row is a :class:`~.stats.RegionStats`.
+        """
+        return dict(self.report(scope)["regions"])
+
+    def report(self, scope: str = "process") -> Report:
+        """Counters per region, table and statement, processes (a :class:`~.stats.Report`).
+
+        ``scope="app"`` reads the sums every process flushed (every
+        ``stats_interval`` seconds) to the Redis of the version store; this
+        process flushes first. Needs Redis versions: else
+        :class:`~.exc.ConfigurationError`.
+        """
+        if scope == "process":
+            return self._stats.report()
+        if scope != "app":
+            raise ConfigurationError(f"scope must be 'process' or 'app', got {scope!r}")
+        if self._app_stats is None:
+            raise ConfigurationError(
+                "app-wide stats live in the Redis of the version store; this QueryCache's "
+                f"versions are {self.versions!r}: only scope='process' is available"
+            )
+        report = self._app_stats.read()
+        for name in self.regions:  # configured regions show even at zero
+            if name not in report["regions"]:
+                report["regions"][name] = _zero_region()  # type: ignore[assignment]
+        return report
+
+    def flush_stats(self) -> bool:
+        """Send this process's counters to the app-wide store now (the flusher does it
+        every ``stats_interval`` s); True if they landed."""
+        return self._app_stats.flush() if self._app_stats is not None else False
+
+    @property
+    def hooks(self) -> Hooks:
+        """Callbacks: ``cache.hooks.on_hit(fn)``, ``on_miss``, ``on_store``,
+        ``on_invalidate``, ``on_error`` (each gets a :class:`~.stats.CacheEvent`)."""
+        return self._stats.hooks
+
+    def table_stats(self, scope: str = "process") -> dict[str, Any]:
+        """Per table (internal and row-level names folded into their table).
+
+        ``scope="process"``: ``invalidations`` (writes committed) and ``bypassed``
+        reads of this process; ``scope="app"``: :class:`~.stats.TableStats` of
+        every process.
+        """
+        if scope == "process":
+            return self._stats.tables()
+        tables: dict[str, TableStats] = self.report(scope)["tables"]
+        return dict(tables)
 
     def identity_stats(self) -> dict[str, dict[str, Any]]:
         """Identity-cache loads per mapped class in this process: hits, misses, hit ratio."""
         return self._stats.classes()
 
-    def reset_stats(self) -> None:
-        self._stats.reset()
+    def reset_stats(self, scope: str = "process") -> None:
+        """Zero this process's counters; ``scope="app"``: also the app-wide sums."""
+        if scope == "app" and self._app_stats is not None:
+            self._app_stats.store.clear()
+            self._stats.reset()
+            with self._stats.flush_lock:
+                self._stats._flushed = {}  # nothing of before is owed to the cleared store
+        else:
+            self._stats.reset()
 
     def invalidate(self, *targets: Any, tables: Sequence[Any] = ()) -> list[str]:
         """Invalidate every entry that read the given tables, models or statements.
@@ -342,3 +411,12 @@ class QueryCache:
         if what not in self._warned:
             self._warned.add(what)
             log.warning(msg, *args)
+
+
+def _zero_region() -> dict[str, Any]:
+    from .stats import REGION_COUNTERS
+
+    row: dict[str, Any] = dict.fromkeys(REGION_COUNTERS, 0)
+    row.update(hit_ratio=None, calls=0, db_seconds=0.0, saved_seconds=0.0, bytes_stored=0,
+               bypass_reasons={})  # fmt: skip
+    return row

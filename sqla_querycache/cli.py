@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,9 +105,24 @@ def _add_command(sub: Any, name: str, cmd: commands.Command, common: Any) -> Non
                            metavar=param.name.upper().rstrip("S"), help=help)  # fmt: skip
         elif "int" in ann:
             p.add_argument(flag, type=int, dest=param.name, default=param.default, help=help)
+        elif "float" in ann:
+            p.add_argument(flag, type=float, dest=param.name, default=param.default, help=help)
+        elif param.default is inspect.Parameter.empty:  # required: positional
+            p.add_argument(param.name, help=help)
         else:
             p.add_argument(flag, dest=param.name, default=param.default, help=help)
     p.set_defaults(_command=cmd)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("sqla_querycache")
+    except Exception:
+        from . import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--raiseerr", action="store_true", dest="_raiseerr",
                         help="raise a full traceback on error")  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", dest="_json",
                         help="print the rows as JSON, for scripts")  # fmt: skip
@@ -139,6 +156,10 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _ms(v: float) -> str:
+    return f"{v * 1000:,.1f} ms"
+
+
 def _percent(v: float) -> str:
     return f"{v:.1%}"
 
@@ -146,6 +167,8 @@ def _percent(v: float) -> str:
 #: how a numeric value shows, by the name of its column
 FORMATS: dict[str, Callable[[Any], str]] = {
     "age": _seconds, "expiration": _seconds, "bytes": _bytes, "hit_ratio": _percent,
+    "ttl_left": _seconds, "entry_bytes": _bytes, "bytes_stored": _bytes,
+    "db_seconds": _ms, "saved_seconds": _ms, "mean_miss_seconds": _ms,
 }  # fmt: skip
 
 
@@ -201,6 +224,31 @@ def render(rows: Sequence[dict[str, Any]], title: str = "") -> None:
     console.print(table)
 
 
+def _render_record(row: dict[str, Any]) -> None:
+    width = max(map(len, row))
+    for k, v in row.items():
+        if isinstance(v, list):
+            v = ", ".join(map(str, v))
+        print(f"{k.ljust(width)}  {_cell(k, v)}")
+
+
+def _stream(batches: Any, as_json: bool, name: str) -> int:
+    """``top``: each batch as it comes (JSON: one line each); Ctrl-C ends it."""
+    clear = sys.stdout.isatty() and not as_json
+    try:
+        for rows in batches:
+            if as_json:
+                print(mask(json.dumps(rows, default=str)), flush=True)
+                continue
+            if clear:
+                print("\x1b[H\x1b[2J", end="")
+            render(rows, title=f"{name}  {time.strftime('%H:%M:%S')}")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 class _MaskingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return mask(super().format(record))
@@ -218,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = cmd.fn(load_cache(args._cache), **kwargs)
         else:
             rows = cmd.fn(**kwargs)
+        if cmd.stream:
+            return _stream(rows, args._json, args._name)
     except Exception as err:
         if args._raiseerr:
             raise
@@ -225,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args._json:
         print(mask(json.dumps(rows, indent=2, default=str)))
+    elif args._name == "show":
+        _render_record(rows[0])
     elif cmd.render is not None:
         cmd.render(rows)
     else:

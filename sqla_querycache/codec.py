@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 #: bump when the entry layout changes; old entries then decode as misses
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5  # 5: an 8th item, [statement fingerprint, parameter reprs]
 
 _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _TUPLE, _BIGINT, _ENUM = range(1, 10)
 _DECIMAL_BIN = 10

@@ -13,6 +13,7 @@ The command line is generated from these signatures and docstrings
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from . import codec
 from .cache import QueryCache
 from .exc import ConfigurationError, QueryCacheError
 from .regions import RegionStore
+from .stats import Report, display_tables
 from .versions import RedisVersions
 
 Rows = list[dict[str, Any]]
@@ -77,8 +79,13 @@ def _count(cache: QueryCache, region: str) -> Any:
 
 
 def regions(cache: QueryCache) -> Rows:
-    """The regions: backend, location, expiration, entries stored, this process's hit ratio."""
-    stats = cache.stats()
+    """The regions: backend, location, expiration, entries stored, hits and misses of every
+    process (with Redis versions; of this process otherwise: see ``scope``)."""
+    scope = "app" if cache._app_stats is not None else "process"
+    try:
+        stats = cache.stats(scope)
+    except Exception:  # the shared store is down: this process's, said so
+        scope, stats = "process", cache.stats()
     out: Rows = []
     for name, store in cache.regions.items():
         s = stats[name]
@@ -86,32 +93,137 @@ def regions(cache: QueryCache) -> Rows:
             "region": name, "backend": store.kind.removesuffix("Backend"),
             "location": _location(store), "expiration": store.expiration_time,
             "entries": _count(cache, name), "hits": s["hits"], "misses": s["misses"],
-            "hit_ratio": s["hit_ratio"],
+            "hit_ratio": s["hit_ratio"], "scope": scope,
         })  # fmt: skip
     return out
 
 
-def entries(cache: QueryCache, region: str = "default", limit: int = 50) -> Rows:
-    """Entries of one region: key, size, age, rows, tables read and whether still valid.
+def entries(
+    cache: QueryCache,
+    region: str = "default",
+    limit: int = 50,
+    show_params: bool = False,
+    url: str | None = None,
+) -> Rows:
+    """Entries of one region: key, size, age, TTL left, rows, tables, SQL, parameters, valid.
 
     :param region: the region to list
     :param limit: list at most this many entries
+    :param show_params: show the parameter values (masked as *** otherwise)
+    :param url: the application's database URL, to check validity against the
+        "sql" version store
     """
     out: Rows = []
-    now = time.time()
+    bind = _bind(url)
+    sql = _sql_texts(cache)
     for key, raw, entry in _region_entries(cache, region):
         if len(out) >= limit:
             break
-        row: dict[str, Any] = {"key": key, "bytes": len(raw)}
-        if isinstance(entry, Exception):
-            row.update(age=None, rows=None, tables="", valid=f"corrupt ({type(entry).__name__})")
-        else:
-            _fmt, _key, created, names, versions, _flags, payload = entry
-            row.update(age=round(now - created, 1), rows=len(payload[4]),
-                       tables=",".join(n for n in names if not n.startswith("@")),
-                       valid=_still_valid(cache, names, versions))  # fmt: skip
-        out.append(row)
+        out.append(_describe_entry(cache, region, key, raw, entry, sql, show_params, bind))
     return out
+
+
+def show(cache: QueryCache, key: str, show_params: bool = False, url: str | None = None) -> Rows:
+    """One entry, in full: its statement, parameters, tables, versions, age, TTL, validity.
+
+    :param key: the entry's key (as ``entries`` lists it)
+    :param show_params: show the parameter values (masked as *** otherwise)
+    :param url: the application's database URL (for the "sql" version store)
+    """
+    parts = key.split(":")
+    if len(parts) < 4 or parts[1] != "q":
+        raise QueryCacheError(f"{key!r} is not an entry key (namespace:q:region:hash)")
+    region = parts[2]
+    store = cache._region(region)
+    raw = store.get(key)
+    if raw is None:
+        raise QueryCacheError(f"no entry {key!r} in region {region!r} (expired or evicted?)")
+    try:
+        entry: Any = codec.unpackb(cache.sealer.open(key, raw))
+        if entry[0] != codec.FORMAT_VERSION:
+            raise codec.CorruptEntry(f"entry format {entry[0]}")
+    except Exception as err:
+        entry = err
+    row = _describe_entry(cache, region, key, raw, entry, _sql_texts(cache), show_params,
+                          _bind(url))  # fmt: skip
+    row["region"] = region
+    if not isinstance(entry, Exception):
+        row["depends_on"] = list(entry[3])  # every version name, internal ones included
+        row["created"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry[2]))
+    return [row]
+
+
+def _describe_entry(
+    cache: QueryCache, region: str, key: str, raw: bytes, entry: Any,
+    sql: dict[str, str], show_params: bool, bind: Any,
+) -> dict[str, Any]:  # fmt: skip
+    row: dict[str, Any] = {"key": key, "bytes": len(raw)}
+    if isinstance(entry, Exception):
+        row.update(age=None, ttl_left=None, rows=None, tables="", statement=None, sql=None,
+                   params=None, valid=f"corrupt ({type(entry).__name__})")  # fmt: skip
+        return row
+    created, names, versions, payload = entry[2], entry[3], entry[4], entry[6]
+    info = entry[7] if len(entry) > 7 and isinstance(entry[7], list) else []
+    fp = info[0] if len(info) == 2 and isinstance(info[0], str) else None
+    params = info[1] if fp and isinstance(info[1], list) else None
+    params = [str(p) for p in params] if params is not None else None
+    age = time.time() - created
+    row.update(
+        age=round(age, 1), ttl_left=_ttl_left(cache, region, key, age), rows=len(payload[4]),
+        tables=",".join(display_tables(names)), statement=fp,
+        sql=_match_sql(sql, fp),
+        params=None if params is None else ", ".join(params if show_params else
+                                                     ["***"] * len(params)),
+        valid=_still_valid(cache, names, versions, bind),
+    )  # fmt: skip
+    return row
+
+
+def _ttl_left(cache: QueryCache, region: str, key: str, age: float) -> float | None:
+    store = cache._region(region)
+    if store.redis is not None:
+        try:
+            ms = store.redis.pttl(key)
+            if ms is not None and ms >= 0:
+                return round(float(ms) / 1000, 1)
+        except Exception:
+            pass
+    exp = store.expiration_time
+    if exp is None or exp < 0:
+        return None
+    return round(max(exp - age, 0.0), 1)
+
+
+def _sql_texts(cache: QueryCache) -> dict[str, str]:
+    """Fingerprint -> SQL text: the app-wide per-statement stats, and this process's."""
+    out: dict[str, str] = {}
+    try:
+        report = cache.report("app") if cache._app_stats is not None else None
+    except Exception:
+        report = None
+    for meta_fp, meta in cache._stats.metas().items():
+        out[meta_fp] = meta.sql
+    if report is not None:
+        for s in report["statements"]:
+            out[s["fingerprint"]] = s["sql"]
+    return out
+
+
+def _match_sql(sql: dict[str, str], fp: str | None) -> str | None:
+    if not fp:
+        return None
+    for full, text in sql.items():
+        if full.startswith(fp):
+            return text
+    return None
+
+
+def _bind(url: str | None) -> Any:
+    if not url:
+        return None
+    from sqlalchemy import create_engine
+
+    return create_engine(url)
 
 
 def identity(cache: QueryCache) -> Rows:
@@ -146,12 +258,12 @@ def _row_level(name: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def _still_valid(cache: QueryCache, names: list[str], versions: list[int]) -> Any:
+def _still_valid(cache: QueryCache, names: list[str], versions: list[int], bind: Any = None) -> Any:
     store = cache.versions
-    if getattr(store, "needs_bind", False):
-        return "unknown (sql store)"
+    if getattr(store, "needs_bind", False) and bind is None:
+        return "unknown (sql store: give --url)"
     try:
-        current = store.read(names)
+        current = store.read(names, bind) if bind is not None else store.read(names)
     except Exception as err:
         return f"unknown ({type(err).__name__})"
     return current == versions
@@ -166,6 +278,98 @@ def _known_tables(cache: QueryCache) -> list[str]:
         return sorted(k.decode()[len(prefix):] if isinstance(k, bytes) else k[len(prefix):]
                       for k in keys)  # fmt: skip
     return sorted(cache.table_stats())
+
+
+# ------------------------------------------------------------------ stats
+
+
+def _report(cache: QueryCache, scope: str) -> Report:
+    if scope == "app" and cache._app_stats is None:
+        return cache.report("process")  # no shared store: say so in the rows' scope
+    return cache.report(scope)
+
+
+def stats(cache: QueryCache, by: str = "region", scope: str = "app", limit: int = 50) -> Rows:
+    """Counters of every process (summed through the shared store): per region, table or
+    statement.
+
+    :param by: region, table, statement or process
+    :param scope: app (every process; needs Redis versions) or process (this one)
+    :param limit: at most this many rows (statements: the most called first)
+    """
+    report = _report(cache, scope)
+    return _rows(report, by)[:limit]
+
+
+def _rows(report: Report, by: str) -> Rows:
+    if by == "region":
+        out: Rows = []
+        for name, r in report["regions"].items():
+            row: dict[str, Any] = {"region": name, "scope": report["scope"]}
+            row.update({k: v for k, v in r.items() if k != "bypass_reasons"})
+            row["bypass_reasons"] = ", ".join(f"{k}={v}" for k, v in r["bypass_reasons"].items())
+            out.append(row)
+        return out
+    if by == "table":
+        return [{"table": name, **t} for name, t in report["tables"].items()]
+    if by == "statement":
+        out = []
+        for s in report["statements"]:
+            row = dict(s)
+            row["tables"] = ",".join(s["tables"])
+            out.append(row)
+        return out
+    if by == "process":
+        return [dict(p) for p in report["processes"]]
+    raise ConfigurationError(f"--by must be region, table, statement or process, not {by!r}")
+
+
+def top(
+    cache: QueryCache,
+    by: str = "statement",
+    interval: float = 2.0,
+    iterations: int = 0,
+    once: bool = False,
+    limit: int = 20,
+) -> Iterator[Rows]:
+    """A live view of every process's counters, refreshed: calls and hits per second since
+    the last refresh.
+
+    :param by: statement, table or region
+    :param interval: seconds between two refreshes
+    :param iterations: stop after this many refreshes (0: until Ctrl-C)
+    :param once: one refresh (the totals), then stop
+    :param limit: at most this many rows, the busiest first
+    """
+    if once:
+        iterations = 1
+    key = {"statement": "fingerprint", "table": "table", "region": "region"}.get(by)
+    if key is None:
+        raise ConfigurationError(f"--by must be statement, table or region, not {by!r}")
+    before: dict[Any, dict[str, Any]] = {}
+    then = None
+    n = 0
+    while True:
+        report = _report(cache, "app")
+        rows = _rows(report, by)
+        now = report["time"]
+        for row in rows:
+            calls = row.get("calls", row.get("hits", 0) + row.get("misses", 0))
+            prev = before.get(row[key])
+            if prev is not None and then is not None and now > then:
+                dt = now - then
+                row["calls_per_s"] = round((calls - prev["calls"]) / dt, 1)
+                row["hits_per_s"] = round((row["hits"] - prev["hits"]) / dt, 1)
+            else:
+                row["calls_per_s"] = row["hits_per_s"] = None
+            before[row[key]] = {"calls": calls, "hits": row["hits"]}
+        rows.sort(key=lambda r: (-(r["calls_per_s"] or 0), -(r.get("calls") or r["hits"])))
+        then = now
+        yield rows[:limit]
+        n += 1
+        if iterations and n >= iterations:
+            return
+        time.sleep(interval)
 
 
 def versions(cache: QueryCache, tables: list[str] | None = None) -> Rows:
@@ -232,22 +436,66 @@ def _print_demo(rows: Rows) -> None:
     shop.render_table(rows)
 
 
+def exporter(
+    cache: QueryCache,
+    port: int = 9300,
+    address: str = "127.0.0.1",
+    scope: str = "app",
+    seconds: float = 0.0,
+) -> Rows:
+    """Serve the counters on a Prometheus /metrics endpoint (app-wide: run ONE next to the app).
+
+    :param port: the HTTP port
+    :param address: the address to listen on
+    :param scope: app (every process, summed; needs Redis versions) or process
+    :param seconds: stop after this long (0: until Ctrl-C)
+    """
+    from .metrics import PrometheusCollector
+
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+    except ImportError as err:
+        raise ConfigurationError("pip install 'sqla_querycache[prometheus]'") from err
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(cache, scope=scope))
+    server, thread = start_http_server(port, addr=address, registry=registry)
+    print(f"serving http://{address}:{port}/metrics", file=sys.stderr, flush=True)
+    try:
+        if seconds:
+            time.sleep(seconds)
+        else:
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        thread.join(5)
+    return [{"served": f"http://{address}:{port}/metrics", "scope": scope}]
+
+
 class Command(NamedTuple):
     """One subcommand of the CLI."""
 
-    fn: Callable[..., Rows]
+    fn: Callable[..., Any]  # Rows, or an iterator of Rows with ``stream``
     #: whether ``fn`` takes the user's QueryCache (``--cache module:attribute``) first
     needs_cache: bool = True
     #: prints the rows in place of the CLI's generic table
     render: Callable[[Rows], None] | None = None
+    #: ``fn`` yields Rows again and again (``top``): each printed as it comes
+    stream: bool = False
 
 
 #: the commands the CLI offers, in help order
 COMMANDS: dict[str, Command] = {
     "regions": Command(regions),
+    "stats": Command(stats),
+    "top": Command(top, stream=True),
     "entries": Command(entries),
+    "show": Command(show),
     "versions": Command(versions),
     "invalidate": Command(invalidate),
     "identity": Command(identity),
+    "exporter": Command(exporter),
     "demo": Command(demo, needs_cache=False, render=_print_demo),
 }

@@ -298,7 +298,7 @@ class ReadPath:
             return None
         except Exception as err:  # never our exception in the user's query
             cache._warn_once(("key", type(err)), "cannot key a statement: %r", err)
-            stats.incr(region_name, "errors")
+            stats.error(region_name, err)
             return None
 
         # as the uncached query would: refuse without a transaction when autobegin is
@@ -324,7 +324,7 @@ class ReadPath:
                                                    f"@region:{region_name}")  # fmt: skip
         failed = cache._writer.failed
         if failed and failed.blocks(names):
-            stats.incr(region_name, "bypassed")
+            stats.bypass(region_name, "store_failed", plan)
             return None
 
         ttl = ttl if ttl is not None else region.expiration_time
@@ -348,7 +348,7 @@ class ReadPath:
                 stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
-            stats.incr(region_name, "bypassed")
+            stats.bypass(region_name, "unavailable", plan)
             return None
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
@@ -362,13 +362,14 @@ class ReadPath:
                     if result is not None:
                         return result
                     if versions is None:
-                        stats.incr(region_name, "bypassed")
+                        stats.bypass(region_name, "unavailable", plan)
                         return None
-                stats.incr(region_name, "misses")  # this request runs the query
+                stats.incr(region_name, "misses", plan=plan)  # this request runs the query
                 if klass is not None:
                     stats.klass(klass, "misses")
                 return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
-                                  rk if enc is not None else None)  # fmt: skip
+                                  rk if enc is not None else None,
+                                  _params(cache_key.bindparams, orm_state.parameters))  # fmt: skip
             finally:
                 if mutex is not None:
                     try:
@@ -529,15 +530,15 @@ class ReadPath:
         if written:
             read = plan.tables
             if ALL_TABLES in written or ANY_TABLE in read or not written.isdisjoint(read):
-                stats.incr(region, "bypassed")
+                stats.bypass(region, "written", plan)
                 for name in written.intersection(read):
                     stats.table(name, "bypassed")
                 return False
         if ct is not None and (ct.state_changed and self.cache.scope is None):
-            stats.incr(region, "bypassed")  # SET search_path / role ...: results may differ
+            stats.bypass(region, "state_changed", plan)  # SET search_path, role: results differ
             return False
         if conn is not None and _holds_snapshot(conn, ct):
-            stats.incr(region, "bypassed")
+            stats.bypass(region, "snapshot", plan)
             return False
         return True
 
@@ -570,7 +571,7 @@ class ReadPath:
         except Exception as err:
             cache._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
                              region.name, err)  # fmt: skip
-            cache._stats.incr(region.name, "errors")
+            cache._stats.error(region.name, err, plan)
             return None, None
         if versions is None:
             return None, None
@@ -599,7 +600,7 @@ class ReadPath:
                     return None, versions
                 if len(raw) > cache.max_entry_bytes:  # refused before decoding anything
                     if not second:
-                        cache._stats.incr(region.name, "too_large")
+                        cache._stats.incr(region.name, "too_large", plan=plan)
                     return None, versions
                 entry = Entry.decode(cache.sealer.open(key, raw), key, len(raw))
             if not entry.matches(names, versions):
@@ -637,7 +638,7 @@ class ReadPath:
                                  region.name, err)  # fmt: skip
                 cache._stats.incr(region.name, "corrupt")
             return None, versions
-        cache._stats.incr(region.name, "hits")
+        cache._stats.hit(region.name, plan)
         return shape.result(data, entry.rowcount(len(data))), versions
 
     def _prefetch(
@@ -746,7 +747,7 @@ class ReadPath:
             kk = len(versions) - len(n)
             kept_versions = versions[:kk] + [versions[kk + i] for i in keep]
             self._store(region, k, tuple(n[i] for i in keep), kept_versions, plan, shape, [row],
-                        preexisting, ttl)  # fmt: skip
+                        preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per
@@ -826,6 +827,7 @@ class ReadPath:
         ttl: float | None,
         bind: Any,
         rk: rows.RowKey | None = None,
+        params: list[str] | None = None,
     ) -> Any:
         cache = self.cache
         stats = cache._stats
@@ -833,6 +835,7 @@ class ReadPath:
         idmap = session.identity_map
         preexisting = set(idmap.keys()) if len(idmap) else None
         rec, token = tracking.start_recording()
+        started = time.perf_counter()
         try:
             # the user's query: its errors propagate
             if bind is not None:
@@ -847,6 +850,7 @@ class ReadPath:
             frozen = result.freeze()
         finally:
             tracking.stop_recording(token)
+        stats.missed(region.name, plan, time.perf_counter() - started)
         shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
                       unique[1] if unique else None,
                       _rowcount_mode(rowcount, frozen.data))  # fmt: skip
@@ -854,7 +858,7 @@ class ReadPath:
         out = shape.result(frozen.data, rowcount)
         if rec.impure is not None:  # a statement of this load was not a pure read
             plan.uncacheable = rec.impure
-            stats.incr(region.name, "uncacheable")
+            stats.incr(region.name, "uncacheable", plan=plan)
             return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
@@ -863,7 +867,7 @@ class ReadPath:
                 # table) read rows the key does not name: whole tables from now on
                 plan.rowkey = None
                 self._learn(plan, observed)
-                stats.incr(region.name, "not_stored")
+                stats.incr(region.name, "not_stored", plan=plan)
                 return out
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
@@ -878,9 +882,10 @@ class ReadPath:
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too
             self._learn(plan, observed)
-            stats.incr(region.name, "not_stored")
+            stats.incr(region.name, "not_stored", plan=plan)
             return out
-        self._store(region, key, names, versions, plan, shape, frozen.data, preexisting, ttl)
+        self._store(region, key, names, versions, plan, shape, frozen.data, preexisting, ttl,
+                    params)  # fmt: skip
         return out
 
     def _store(
@@ -894,6 +899,7 @@ class ReadPath:
         data: Any,
         preexisting: Any,
         ttl: float | None,
+        params: list[str] | None = None,
     ) -> None:
         """Encode and store one result (``data``: its frozen rows), read under ``versions``."""
         cache = self.cache
@@ -906,24 +912,24 @@ class ReadPath:
                 # a result of this shape this large was too large to store lately:
                 # not encoded again (until the retry); smaller ones still are
                 big[2] -= 1
-                stats.incr(region.name, "too_large")
+                stats.incr(region.name, "too_large", plan=plan)
                 return
         try:
             templates: dict[Any, Any] = {}
             payload = dehydrate(data, shape.scalars, preexisting, templates)
             flags = shape.flags
             created = now()
-            blob = codec.packb(
-                [codec.FORMAT_VERSION, key, created, list(names), versions, flags, payload]
-            )
+            # the 8th item names the statement and its parameters, for the CLI
+            blob = codec.packb([codec.FORMAT_VERSION, key, created, list(names), versions,
+                                flags, payload, [plan.digest[:8].hex(), params]])  # fmt: skip
             stored = cache.sealer.seal(key, blob)  # signed / encrypted with a secret
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
-            stats.incr(region.name, "not_stored")
+            stats.incr(region.name, "not_stored", plan=plan)
             return
         except Exception as err:
             cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
-            stats.incr(region.name, "errors")
+            stats.error(region.name, err, plan)
             return
         if len(stored) > cache.max_entry_bytes:
             # remember the bytes per row: results of this shape predicted too large
@@ -931,11 +937,11 @@ class ReadPath:
             per_row = len(stored) / max(len(data), 1)
             plan.too_large = [per_row, time.monotonic() + _TOO_LARGE_RETRY_SECONDS,
                               _TOO_LARGE_RETRY_MISSES]  # fmt: skip
-            stats.incr(region.name, "too_large")
+            stats.incr(region.name, "too_large", plan=plan)
             return
         try:
             region.set(key, stored, ttl)
-            stats.incr(region.name, "stores")
+            stats.stored(region.name, plan, len(stored))
             if templates:
                 self._templates.put(key, templates)
             # the payload we just built holds the live objects' values: keep it
@@ -948,10 +954,19 @@ class ReadPath:
         except Exception as err:
             cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
                              region.name, err)  # fmt: skip
-            stats.incr(region.name, "errors")
+            stats.error(region.name, err, plan)
 
 
 # -------------------------------------------------------------- helpers
+
+
+def _params(bindparams: Any, params: Any) -> list[str] | None:
+    """The parameter values of a miss, as short reprs (kept in its entry, for the CLI)."""
+    try:
+        given = params if isinstance(params, dict) else {}
+        return [repr(given.get(bp.key, bp.effective_value))[:80] for bp in bindparams[:20]]
+    except Exception:
+        return None
 
 
 def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
@@ -1143,7 +1158,7 @@ class Entry:
 
     @classmethod
     def decode(cls, raw: bytes, key: str, size: int = 0) -> Entry:
-        fmt, stored_key, created, stored_names, versions, flags, payload = codec.unpackb(raw)
+        fmt, stored_key, created, stored_names, versions, flags, payload, *_ = codec.unpackb(raw)
         if (fmt != codec.FORMAT_VERSION or stored_key != key or type(stored_names) is not list
                 or type(versions) is not list or len(versions) < len(stored_names)):  # fmt: skip
             raise codec.CorruptEntry("entry of another format or statement")

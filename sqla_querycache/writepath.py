@@ -245,9 +245,7 @@ class WritePath:
             settle = getattr(self.versions, "settle_unmarked", None)
             if settle is not None:  # bump before the commit returns, if the store is back
                 settle(names)
-        stats = self.cache._stats
-        for name in names:
-            stats.table(name, "invalidations")
+        self.cache._stats.written(names)
 
     def end_write(self, names: tuple[str, ...]) -> None:
         try:
@@ -349,9 +347,7 @@ class WritePath:
         except Exception as err:  # fail open: remember and retry
             self.cache._warn_once(("bump", type(err)), "version store bump failed: %r", err)
             self.failed.add(names)
-        stats = self.cache._stats
-        for name in names:
-            stats.table(name, "invalidations")
+        self.cache._stats.written(names)
 
 
 class PendingBumps:

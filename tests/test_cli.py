@@ -22,6 +22,8 @@ import pytest
 
 from sqla_querycache import cli, commands, demo
 
+from . import models
+
 ROOT = Path(__file__).resolve().parents[1]
 
 APP = Template('''
@@ -113,6 +115,7 @@ def app(tmp_path: Path, redis_url: str, redis_client: Any) -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.warm()
+    module.cache.flush_stats()  # what the background flusher does every second
     yield module
     module.cache.uninstall()
     module.cache.versions.close()
@@ -137,6 +140,14 @@ def ok(cwd: Path, *args: str) -> str:
 
 def as_json(cwd: Path, *args: str) -> list[dict[str, Any]]:
     return json.loads(ok(cwd, *args, "--json"))  # type: ignore[no-any-return]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def table(out: str) -> list[dict[str, str]]:
@@ -164,7 +175,9 @@ def test_regions_lists_every_region_with_its_entry_count(app: Any, tmp_path: Pat
     assert rows["default"]["location"].startswith("redis://127.0.0.1:")
     assert rows["down"]["entries"] == "? (ConnectionError)"
     assert rows["nowhere"]["entries"] == "? (ConfigurationError)"
-    assert rows["default"]["hit_ratio"] == "-"  # the CLI process has looked nothing up
+    # every process's counters (the app's, flushed to Redis), not the CLI's own
+    assert rows["default"]["hit_ratio"] == "25.0%" and rows["default"]["scope"] == "app"
+    assert rows["hot"]["hit_ratio"] == "0.0%"
 
     data = {r["region"]: r for r in as_json(tmp_path, "regions")}
     assert data["default"]["entries"] == 3 and data["default"]["expiration"] == 600
@@ -228,8 +241,11 @@ def test_versions_of_named_and_of_all_tables(app: Any, tmp_path: Path) -> None:
 
 
 def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
+    key = as_json(tmp_path, "entries", "--region", "hot")[0]["key"]
     args = {"regions": [], "entries": [], "versions": ["--tables", "tag"],
-            "invalidate": ["--tables", "tag"], "identity": []}  # fmt: skip
+            "invalidate": ["--tables", "tag"], "stats": [], "top": ["--once"],
+            "show": [key], "identity": [],
+            "exporter": ["--port", str(_free_port()), "--seconds", "0.1"]}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)
@@ -302,7 +318,7 @@ def test_plain_text_rendering_formats_by_column(app: Any, capsys: Any, monkeypat
     title, header, rule, default, *others = capsys.readouterr().out.splitlines()
     assert title == "regions" and header.split()[:2] == ["region", "backend"]
     assert set(rule) == {"-", " "} and len(others) == 3
-    assert default.split()[-3:] == ["1", "3", "25.0%"]  # hits, misses, hit ratio
+    assert default.split()[-4:] == ["1", "3", "25.0%", "app"]  # hits, misses, hit ratio, scope
     assert default.split()[3:5] == ["600", "s"]  # expiration
 
     cli.render([{"key": "k", "bytes": 123456, "age": 4.31, "valid": True}])
@@ -334,3 +350,120 @@ def test_demo_prints_its_table(tmp_path: Path) -> None:
     assert re.search(r"category_page\s+│\s+\d+\.\d{3} ms", out.stdout)  # rounded, with units
     rows = json.loads(run(tmp_path, "demo", "--rounds", "5", "--json", cache=None).stdout)
     assert [r["workload"] for r in rows] == list(demo.WORKLOADS)
+
+
+# ------------------------------------------------ stats, top, entries, show
+
+
+def test_version() -> None:
+    proc = subprocess.run([sys.executable, "-m", "sqla_querycache.cli", "--version"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0 and re.fullmatch(r"sqla-querycache \d+\.\d+\.\d+\S*\n", proc.stdout)
+
+
+def test_stats_shows_the_apps_counters(app: Any, tmp_path: Path) -> None:
+    rows = {r["region"]: r for r in table(ok(tmp_path, "stats"))}
+    assert rows["default"]["hits"] == "1" and rows["default"]["misses"] == "3"
+    assert rows["default"]["scope"] == "app" and rows["default"]["db_seconds"].endswith(" ms")
+    stmts = as_json(tmp_path, "stats", "--by", "statement")
+    assert sorted(s["tables"] for s in stmts) == ["category", "customer", "product", "tag"]
+    product = next(s for s in stmts if s["tables"] == "product")
+    assert (product["calls"], product["hits"], product["misses"]) == (2, 1, 1)
+    assert product["sql"].startswith("SELECT product.id") and "FROM product" in product["sql"]
+    tables = {t["table"]: t for t in as_json(tmp_path, "stats", "--by", "table")}
+    assert {"category", "customer", "product", "tag"} <= set(tables)
+    assert all(t.isidentifier() for t in tables)  # no @all, @any, @region:x, t#7, t@rows
+    assert tables["product"]["hits"] == 1 and tables["orders"]["invalidations"] >= 1
+    process = as_json(tmp_path, "stats", "--scope", "process")
+    assert process[0]["scope"] == "process" and process[0]["hits"] == 0  # the CLI's own
+
+
+def test_top_refreshes(app: Any, tmp_path: Path) -> None:
+    out = ok(tmp_path, "top", "--iterations", "2", "--interval", "0.2")
+    assert out.count("top  ") == 2  # two frames, each titled with the time
+    assert "FROM product" in out
+    frames = [json.loads(line) for line in
+              ok(tmp_path, "top", "--once", "--by", "table", "--json").splitlines()]  # fmt: skip
+    assert len(frames) == 1 and {r["table"] for r in frames[0]} >= {"product", "tag"}
+
+
+def test_entries_show_sql_masked_params_and_ttl(app: Any, tmp_path: Path) -> None:
+    rows = as_json(tmp_path, "entries")
+    product = next(r for r in rows if r["tables"] == "product")
+    assert "FROM product" in product["sql"] and "WHERE product.id <=" in product["sql"]
+    assert product["params"] == "***"  # masked by default
+    assert abs(product["ttl_left"] + product["age"] - 600) < 2  # Redis's TTL of the key
+    assert len(product["statement"]) == 16
+    shown = as_json(tmp_path, "entries", "--show-params")
+    assert next(r for r in shown if r["tables"] == "product")["params"] == "5"
+    hot = as_json(tmp_path, "entries", "--region", "hot")[0]
+    assert 0 < hot["ttl_left"] <= 60 and abs(hot["ttl_left"] + hot["age"] - 60) < 2
+    assert all(not t.startswith("@") for r in rows for t in r["tables"].split(","))
+
+
+def test_show_one_entry(app: Any, tmp_path: Path) -> None:
+    key = next(r["key"] for r in as_json(tmp_path, "entries") if r["tables"] == "product")
+    (row,) = as_json(tmp_path, "show", key)
+    assert row["key"] == key and row["region"] == "default" and row["valid"] is True
+    assert row["rows"] == 5 and row["params"] == "***" and "FROM product" in row["sql"]
+    assert "@all" in row["depends_on"] and "product" in row["depends_on"]
+    text = ok(tmp_path, "show", key, "--show-params")
+    assert re.search(r"^params\s+5$", text, re.M) and re.search(r"^valid\s+True$", text, re.M)
+    proc = run(tmp_path, "show", "qc:q:default:" + "0" * 32)
+    assert proc.returncode == 1 and "no entry" in proc.stderr
+    proc = run(tmp_path, "show", "nonsense")
+    assert proc.returncode == 1 and "is not an entry key" in proc.stderr
+
+
+SQL_APP = Template('''
+from dogpile.cache import make_region
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+from sqla_querycache import QueryCache
+
+engine = create_engine($db)
+Session = sessionmaker(engine)
+cache = QueryCache(
+    regions={"default": make_region().configure(
+        "dogpile.cache.redis", expiration_time=600, arguments={"url": $redis})},
+    versions="sql",
+).install(Session)
+''')
+
+
+def test_validity_with_the_sql_store_needs_the_database_url(
+    tmp_path: Path, redis_url: str, redis_client: Any
+) -> None:
+    from sqlalchemy import select
+
+    from sqla_querycache import FromCache
+
+    db = f"sqlite:///{tmp_path}/sqlapp.db"
+    (tmp_path / "qc_sql.py").write_text(SQL_APP.substitute(db=repr(db), redis=repr(redis_url)))
+    spec = importlib.util.spec_from_file_location("qc_sql", tmp_path / "qc_sql.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        module.cache.versions.table.create(module.engine)
+        models.Base.metadata.create_all(module.engine)
+        with module.Session() as s:
+            models.populate(s)
+        with module.Session() as s:
+            s.scalars(select(models.Tag).options(FromCache())).all()
+
+        def entries(*extra: str) -> Any:
+            proc = run(tmp_path, "entries", "--json", *extra, cache="qc_sql:cache")
+            assert proc.returncode == 0, proc.stderr
+            return json.loads(proc.stdout)
+
+        (row,) = entries()
+        assert row["valid"] == "unknown (sql store: give --url)" and row["tables"] == "tag"
+        assert entries("--url", db)[0]["valid"] is True
+        with module.Session() as s:
+            s.get(models.Tag, 1).label = "renamed"
+            s.commit()
+        assert entries("--url", db)[0]["valid"] is False
+    finally:
+        module.cache.close()
+        module.engine.dispose()

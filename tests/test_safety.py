@@ -172,7 +172,7 @@ def test_pickle_inside_a_well_formed_entry_never_runs(engine, sql, redis_cache, 
     payload = pickled(f"touch {marker}")
     for key in entry_keys(redis_client):
         entry = codec.unpackb(redis_client.get(key))
-        entry[-1] = payload  # the rows
+        entry[PAYLOAD] = payload  # the rows
         redis_client.set(key, codec.packb(entry), keepttl=True)
     assert_every_query_recovers(engine, sql, redis_cache, names)
     assert not marker.exists()
@@ -245,7 +245,7 @@ Mutate = Callable[[list, dict], Any]
 
 def _payload(fn: Callable[[list], Any]) -> Mutate:
     def mutate(entry: list, others: dict) -> Any:
-        fn(entry[-1])
+        fn(entry[PAYLOAD])
         return entry
 
     return mutate
@@ -337,7 +337,7 @@ def _flip_scalar(p: list) -> None:
     p[3] = not p[3]
 
 
-# positions in an entry: [format, key, created, names, versions, flags, payload]
+# positions in an entry: [format, key, created, names, versions, flags, payload, statement]
 NAMES, VERSIONS, PAYLOAD = 3, 4, 6
 
 ALL = ["entity", "columns", "eager", "mixed"]
