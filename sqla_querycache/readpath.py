@@ -40,11 +40,13 @@ from .options import EXPIRATION_OPTION, REGION_OPTION, SCOPE_OPTION, FromCache, 
 from .regions import RegionStore, now
 from .sqlscan import canonical
 from .tracking import ALL_TABLES, ANY_TABLE
+from .versions import Unavailable
 
 if TYPE_CHECKING:
     from .cache import QueryCache
 
 log = logging.getLogger("sqla_querycache")
+_DEBUG = logging.DEBUG
 
 #: execution option of get_many's first pass (a list the read path appends to)
 PROBE_OPTION = "_qc_probe"
@@ -258,46 +260,71 @@ class ReadPath:
                 result = fn(orm_state)
                 if result:
                     return result
-        result = self._cached(orm_state)
+        if log.isEnabledFor(_DEBUG):  # one line per statement, built only then
+            result = self._traced(orm_state)
+        else:
+            result = self._cached(orm_state)
         if result is None and later:  # they ran already: run the statement ourselves
             return orm_state.invoke_statement()
         return result
 
-    def _cached(self, orm_state: ORMExecuteState) -> Any:
+    def _traced(self, orm_state: ORMExecuteState) -> Any:
+        """:meth:`_cached`, then one DEBUG line: outcome, reason, region, key, tables, µs."""
+        trace: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        with self.cache._stats.trace() as notes:
+            result = self._cached(orm_state, trace)
+        us = (time.perf_counter() - t0) * 1e6
+        if "region" in trace:  # a statement for the cache (else: nothing to say)
+            outcome, reason = _outcome(notes, trace)
+            key = trace.get("key") or "-"
+            log.debug("%s region=%s key=%s tables=%s reason=%s %.0fus", outcome,
+                      trace["region"], key[: key.rfind(":") + 13],
+                      ",".join(trace.get("tables", ())) or "-", reason, us)  # fmt: skip
+        return result
+
+    def _cached(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None) -> Any:
         cache = self.cache
         stats = cache._stats
         region_name, ttl, tagged = self._region_for(orm_state)
-        if region_name is None or not cache.enabled:
+        if region_name is None or not cache._active:
+            if trace is not None and region_name is not None:
+                trace.update(region=region_name, reason="disabled")
             return None
         region = cache._region(region_name)  # an unknown name is a configuration error
+        if trace is not None:
+            trace["region"] = region_name
         if not _cacheable(orm_state):
-            stats.incr(region_name, "uncacheable")
+            stats.incr(region_name, "uncacheable", why="options (FOR UPDATE, yield_per, ...)")
             return None
         session = orm_state.session
         try:
             statement: Any = orm_state.statement
             cache_key = statement._generate_cache_key()
             if cache_key is None:
-                stats.incr(region_name, "uncacheable")
+                stats.incr(region_name, "uncacheable", why="no SQLAlchemy cache key")
                 return None
             bind = session.get_bind(**orm_state.bind_arguments)
             plan = self.plan(orm_state, cache_key, bind)
             if plan.uncacheable is not None or (not tagged and not plan.reads_tables):
                 # a statement that reads no table is cached only when tagged itself
-                stats.incr(region_name, "uncacheable")
+                stats.incr(region_name, "uncacheable",
+                           why=plan.uncacheable or "reads no table, not tagged")  # fmt: skip
                 return None
             key = keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
                 getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
                 self._scope(orm_state),
             )  # fmt: skip
-        except Unencodable:
-            stats.incr(region_name, "uncacheable")
+        except Unencodable as err:
+            stats.incr(region_name, "uncacheable", why=f"parameter: {err}")
             return None
         except Exception as err:  # never our exception in the user's query
-            cache._warn_once(("key", type(err)), "cannot key a statement: %r", err)
-            stats.incr(region_name, "errors")
+            cache._warn(("key", type(err)), "cannot key a statement: %r", err)
+            stats.incr(region_name, "errors", why=f"cannot key: {err!r}")
             return None
+        if trace is not None:
+            trace.update(key=key, tables=plan.tables)
 
         # as the uncached query would: refuse without a transaction when autobegin is
         # off, and autoflush; their errors are the user's. (A hit does not begin the
@@ -313,6 +340,7 @@ class ReadPath:
         if rk is not None:
             enc = rk.encode(cache_key.bindparams, orm_state.parameters,
                             getattr(cache_key, "params", None))  # fmt: skip
+        names: tuple[str, ...] | None
         if enc is not None:
             names = (*rk.names(plan.tables, enc), ALL_TABLES, f"@region:{region_name}")
         else:
@@ -322,7 +350,7 @@ class ReadPath:
                                                    f"@region:{region_name}")  # fmt: skip
         failed = cache._writer.failed
         if failed and failed.blocks(names):
-            stats.incr(region_name, "bypassed")
+            stats.incr(region_name, "bypassed", why="an invalidation not delivered yet")
             return None
 
         ttl = ttl if ttl is not None else region.expiration_time
@@ -340,7 +368,7 @@ class ReadPath:
                 stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
-            stats.incr(region_name, "bypassed")
+            stats.incr(region_name, "bypassed", why="tables being written, or store down")
             return None
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
@@ -354,7 +382,8 @@ class ReadPath:
                     if result is not None:
                         return result
                     if versions is None:
-                        stats.incr(region_name, "bypassed")
+                        stats.incr(region_name, "bypassed",
+                                   why="tables being written, or store down")  # fmt: skip
                         return None
                 stats.incr(region_name, "misses")  # this request runs the query
                 if klass is not None:
@@ -366,7 +395,7 @@ class ReadPath:
                     try:
                         mutex.release()
                     except Exception as err:
-                        cache._warn_once(("mutex", type(err)), "cache mutex release: %r", err)
+                        cache._warn(("mutex", type(err)), "cache mutex release: %r", err)
 
     # ------------------------------------------------------------- choice
 
@@ -521,15 +550,16 @@ class ReadPath:
         if written:
             read = plan.tables
             if ALL_TABLES in written or ANY_TABLE in read or not written.isdisjoint(read):
-                stats.incr(region, "bypassed")
+                stats.incr(region, "bypassed", why="this transaction wrote its tables")
                 for name in written.intersection(read):
                     stats.table(name, "bypassed")
                 return False
         if ct is not None and (ct.state_changed and self.cache.scope is None):
-            stats.incr(region, "bypassed")  # SET search_path / role ...: results may differ
+            # SET search_path / role ...: results may differ
+            stats.incr(region, "bypassed", why="connection state changed (SET ...)")
             return False
         if conn is not None and _holds_snapshot(conn, ct):
-            stats.incr(region, "bypassed")
+            stats.incr(region, "bypassed", why="the transaction holds a snapshot")
             return False
         return True
 
@@ -560,9 +590,11 @@ class ReadPath:
             else:
                 raw, versions = self._fetch(region, key, names, orm_state)
         except Exception as err:
-            cache._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
-                             region.name, err)  # fmt: skip
-            cache._stats.incr(region.name, "errors")
+            cache._warn(("get", region.name, type(err)), "cache read failed (%s): %r",
+                        region.name, err)  # fmt: skip
+            cache._stats.incr(region.name, "errors", why=f"read failed: {err!r}")
+            if region.down_since is None and not isinstance(err, Unavailable):
+                region.down_since = time.monotonic()
             return None, None
         if versions is None:
             return None, None
@@ -625,8 +657,8 @@ class ReadPath:
         except Exception as err:  # corrupt, foreign or mismatched: a miss
             self.memo.pop(memo_key)
             if not second:  # the same entry, read again under the lock, counts once
-                cache._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
-                                 region.name, err)  # fmt: skip
+                cache._warn(("decode", region.name), "undecodable cache entry in %s: %r",
+                            region.name, err)  # fmt: skip
                 cache._stats.incr(region.name, "corrupt")
             return None, versions
         cache._stats.incr(region.name, "hits")
@@ -655,7 +687,7 @@ class ReadPath:
                 got = cache._region(name).get_many([probes[i][2] for i in idx])
                 raws.update(zip(idx, got))
         except Exception as err:
-            cache._warn_once(("get_many", type(err)), "cache read failed: %r", err)
+            cache._warn(("get_many", type(err)), "cache read failed: %r", err)
             return out
         if current is None:
             return out  # tables in flight, or the store is down: every id misses
@@ -737,7 +769,7 @@ class ReadPath:
         out = shape.result(frozen.data, rowcount)
         if rec.impure is not None:  # a statement of this load was not a pure read
             plan.uncacheable = rec.impure
-            stats.incr(region.name, "uncacheable")
+            stats.incr(region.name, "uncacheable", why=str(rec.impure))
             return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
@@ -746,7 +778,7 @@ class ReadPath:
                 # table) read rows the key does not name: whole tables from now on
                 plan.rowkey = None
                 self._learn(plan, observed)
-                stats.incr(region.name, "not_stored")
+                stats.incr(region.name, "not_stored", why="read its rows again: whole tables")
                 return out
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
@@ -761,7 +793,7 @@ class ReadPath:
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too
             self._learn(plan, observed)
-            stats.incr(region.name, "not_stored")
+            stats.incr(region.name, "not_stored", why="read tables not versioned before")
             return out
         big = plan.too_large
         if big is not None:
@@ -771,7 +803,7 @@ class ReadPath:
                 # a result of this shape this large was too large to store lately:
                 # not encoded again (until the retry); smaller ones still are
                 big[2] -= 1
-                stats.incr(region.name, "too_large")
+                stats.incr(region.name, "too_large", why="predicted too large")
                 return out
         try:
             templates: dict[Any, Any] = {}
@@ -783,12 +815,11 @@ class ReadPath:
             )
             stored = cache.sealer.seal(key, blob)  # signed / encrypted with a secret
         except (NotStorable, Unencodable) as err:
-            log.debug("not storing %s: %s", key, err)
-            stats.incr(region.name, "not_stored")
+            stats.incr(region.name, "not_stored", why=str(err))
             return out
         except Exception as err:
-            cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
-            stats.incr(region.name, "errors")
+            cache._warn(("dehydrate", type(err)), "cannot store a result: %r", err)
+            stats.incr(region.name, "errors", why=f"cannot store: {err!r}")
             return out
         if len(stored) > cache.max_entry_bytes:
             # remember the bytes per row: results of this shape predicted too large
@@ -796,11 +827,14 @@ class ReadPath:
             per_row = len(stored) / max(len(frozen.data), 1)
             plan.too_large = [per_row, time.monotonic() + _TOO_LARGE_RETRY_SECONDS,
                               _TOO_LARGE_RETRY_MISSES]  # fmt: skip
-            stats.incr(region.name, "too_large")
+            stats.incr(region.name, "too_large", why=f"{len(stored)} bytes")
             return out
         try:
             region.set(key, stored, ttl)
             stats.incr(region.name, "stores")
+            if region.down_since is not None:
+                cache._recovered(f"region {region.name!r}", region.down_since)
+                region.down_since = None
             if templates:
                 self._templates.put(key, templates)
             # the payload we just built holds the live objects' values: keep it
@@ -811,13 +845,40 @@ class ReadPath:
                 entry = Entry(created, names, versions, flags, None, payload, len(stored))
             self.memo.put((region.name, key), entry, entry.cost())
         except Exception as err:
-            cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
-                             region.name, err)  # fmt: skip
-            stats.incr(region.name, "errors")
+            cache._warn(("set", region.name, type(err)), "cache write failed (%s): %r",
+                        region.name, err)  # fmt: skip
+            stats.incr(region.name, "errors", why=f"write failed: {err!r}")
+            if region.down_since is None:
+                region.down_since = time.monotonic()
         return out
 
 
 # -------------------------------------------------------------- helpers
+
+
+def _outcome(notes: list[tuple[str, str]], trace: dict[str, Any]) -> tuple[str, str]:
+    """(hit/miss/bypass/uncacheable, reason) from the counters one statement moved."""
+    counted = [c for c, _ in notes]
+    why = {c: w for c, w in reversed(notes)}  # the first reason of each counter
+    if "hits" in counted:
+        return "hit", "valid entry"
+    if "misses" in counted:
+        before = counted[: counted.index("misses")]
+        after = counted[counted.index("misses") + 1 :]
+        lookup = "corrupt entry, " if "corrupt" in before else ""
+        lookup += "entry too large, " if "too_large" in before else ""
+        for c in after:
+            if c == "stores":
+                return "miss", lookup + "stored"
+            if c in ("not_stored", "too_large", "uncacheable", "errors"):
+                return "miss", f"{lookup}{c.replace('_', ' ')}: {why[c]}"
+        return "miss", lookup + "not stored"
+    for c, outcome in (("bypassed", "bypass"), ("uncacheable", "uncacheable")):
+        if c in why:
+            return outcome, why[c]
+    if "errors" in why:
+        return "bypass", why["errors"]
+    return "bypass", trace.get("reason", "-")
 
 
 def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
@@ -841,7 +902,7 @@ def _identity_load(orm_state: ORMExecuteState) -> bool:
     if orm_state.lazy_loaded_from is not None:
         return True
     stmt: Any = orm_state.statement
-    crit = getattr(stmt, "_where_criteria", ())
+    crit: tuple[Any, ...] = getattr(stmt, "_where_criteria", ())
     if len(crit) != 1:
         return False
     subject = getattr(stmt, "_propagate_attrs", {}).get("plugin_subject")
@@ -892,7 +953,8 @@ def _holds_snapshot(conn: Connection, ct: Any) -> bool:
             # pysqlite opens its transaction at the first write, holding the
             # write lock from then on: nobody commits under us unless a BEGIN
             # sent by hand started it with a read
-            return ct.explicit_begin
+            explicit: bool = ct.explicit_begin
+            return explicit
         level = ct.isolation or conn.get_execution_options().get("isolation_level")
         if level is None:
             level = _dbapi_isolation(conn)
@@ -907,6 +969,8 @@ def _dbapi_isolation(conn: Connection) -> str:
     level = info.get("_sqla_querycache_isolation")
     if level is None:
         dbapi_conn = conn.connection.dbapi_connection
+        if dbapi_conn is None:
+            raise RuntimeError("the connection is closed")
         level = info["_sqla_querycache_isolation"] = str(
             conn.dialect.get_isolation_level(dbapi_conn)
         ).upper()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 #: the counters every region reports, in display order
@@ -19,10 +21,41 @@ class Stats:
         self._regions: dict[str, Counter[str]] = {name: Counter() for name in regions}
         self._tables: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._classes: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self._tracing = 0  # traces open, in any thread
+        self._trace = threading.local()
 
-    def incr(self, region: str, counter: str, n: int = 1) -> None:
+    def incr(self, region: str, counter: str, n: int = 1, why: str = "") -> None:
+        """Count; ``why`` (the reason, for the DEBUG line) is kept only while tracing."""
         with self._lock:
             self._regions[region][counter] += n
+
+    def _traced_incr(self, region: str, counter: str, n: int = 1, why: str = "") -> None:
+        Stats.incr(self, region, counter, n)
+        notes = getattr(self._trace, "notes", None)
+        if notes is not None:
+            notes.append((counter, why))
+
+    @contextmanager
+    def trace(self) -> Iterator[list[tuple[str, str]]]:
+        """Yield the (counter, reason) pairs this thread counts in the block.
+
+        While any thread traces, ``incr`` is the tracing one (an instance
+        attribute); otherwise the plain method: no cost when nobody traces.
+        """
+        notes: list[tuple[str, str]] = []
+        before = getattr(self._trace, "notes", None)  # a load nested in a miss
+        self._trace.notes = notes
+        with self._lock:
+            self._tracing += 1
+            self.incr = self._traced_incr  # type: ignore[method-assign]
+        try:
+            yield notes
+        finally:
+            self._trace.notes = before
+            with self._lock:
+                self._tracing -= 1
+                if not self._tracing:
+                    del self.incr
 
     def table(self, name: str, counter: str, n: int = 1) -> None:
         with self._lock:

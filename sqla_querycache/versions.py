@@ -12,6 +12,7 @@ can never make an old entry match again (I4).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import secrets
 import threading
@@ -20,6 +21,8 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+log = logging.getLogger("sqla_querycache")
 
 
 def fresh_version() -> int:
@@ -461,8 +464,12 @@ class RedisVersions:
 
     def _ok(self) -> None:
         """A call succeeded: close the circuit; deliver at once what is owed."""
-        was_down = self._circuit.outage_began is not None
+        began = self._circuit.outage_began
+        was_down = began is not None
         self._circuit.ok()
+        if began is not None:
+            log.info("the Redis version store %s answers again "
+                     "(failing for %.1fs)", self._where(), time.monotonic() - began)  # fmt: skip
         self._retry_delay = RETRY_FIRST
         if was_down and (self._ends or self._cancels):
             self._arm_timer(0.0)
@@ -482,7 +489,8 @@ class RedisVersions:
         return [int(v) for v in raw]
 
     def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
-        return self._lookup(None, names)[1]
+        versions: list[int] | None = self._lookup(None, names)[1]
+        return versions
 
     def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
         """The entry and the versions in one round trip (a pipeline on one server).
@@ -890,6 +898,23 @@ class RedisVersions:
         except Exception as err:  # pragma: no cover - _call wraps everything
             raise Unavailable(repr(err)) from err
 
+    # -- the app-wide switch (QueryCache.disable_app_wide)
+
+    def get_switch(self) -> bool:
+        """Whether caching is disabled app-wide (raises on a Redis error)."""
+        return bool(self.client.exists(f"{self._tag}:disabled"))
+
+    def set_switch(self, disabled: bool) -> None:
+        """Disable (or enable again) caching for every process of this namespace."""
+        key = f"{self._tag}:disabled"
+        try:
+            if disabled:
+                self.client.set(key, str(time.time()))
+            else:
+                self.client.delete(key)
+        except Exception as err:
+            raise Unavailable(f"cannot set the app-wide switch: {err!r}") from err
+
     def check_boot(self) -> bool:
         """Run the boot check now; True if it found a new server (and reset the epoch)."""
         return bool(self._call(self._boot, [self._epoch_key, self._boot_key],
@@ -1093,8 +1118,9 @@ def make_version_store(
     if spec == "sql":
         return SqlVersions()
     if redis_spec:
-        kw = {} if lease is None else {"lease": lease}
-        return RedisVersions(spec, namespace, require=require, **kw)
+        if lease is None:
+            return RedisVersions(spec, namespace, require=require)
+        return RedisVersions(spec, namespace, lease=lease, require=require)
     if isinstance(spec, str):  # never echo a URL: it may hold a password
         got = f"a {spec.split('://')[0]}:// URL" if "://" in spec else repr(spec[:40])
         raise ConfigurationError(

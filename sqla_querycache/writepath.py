@@ -168,10 +168,10 @@ class WritePath:
             ct.end_transaction()
         elif kind in ("commit_prepared", "rollback_prepared"):
             with _prepared_lock:
-                names = _prepared.pop(tracking.xid_of(statement), None)
+                prepared = _prepared.pop(tracking.xid_of(statement), None)
             if kind == "commit_prepared":
                 # prepared elsewhere (another connection or process): unknown tables
-                t = names if names is not None else (ALL_TABLES,)
+                t = prepared if prepared is not None else (ALL_TABLES,)
                 ct.committing.append(self.begin_commit([*t, ANY_TABLE]))
                 ct.settle_after = True
 
@@ -216,8 +216,8 @@ class WritePath:
             except Exception as err:
                 now_ = time.monotonic()
                 if deadline is None:
-                    self.cache._warn_once(("begin_write", type(err)), "version store failed: %r",
-                                          err)  # fmt: skip
+                    self.cache._warn(("begin_write", type(err)), "version store failed: %r",
+                                     err)  # fmt: skip
                     deadline = now_ + getattr(self.versions, "retry_window", 0.0)
                 if now_ >= deadline:
                     self.failed.add(t)  # bypassed here until a bump lands
@@ -240,7 +240,7 @@ class WritePath:
         try:
             self.versions.end_write(names)
         except Exception as err:
-            self.cache._warn_once(("end_write", type(err)), "version store failed: %r", err)
+            self.cache._warn(("end_write", type(err)), "version store failed: %r", err)
             self.failed.add(names, in_flight=True)
 
     def before_commit(self, conn: Any) -> None:
@@ -303,7 +303,7 @@ class WritePath:
         try:
             self.versions.bump(names)
         except Exception as err:  # fail open: remember and retry
-            self.cache._warn_once(("bump", type(err)), "version store bump failed: %r", err)
+            self.cache._warn(("bump", type(err)), "version store bump failed: %r", err)
             self.failed.add(names)
         stats = self.cache._stats
         for name in names:

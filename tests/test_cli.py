@@ -229,7 +229,7 @@ def test_versions_of_named_and_of_all_tables(app: Any, tmp_path: Path) -> None:
 
 def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
     args = {"regions": [], "entries": [], "versions": ["--tables", "tag"],
-            "invalidate": ["--tables", "tag"]}  # fmt: skip
+            "invalidate": ["--tables", "tag"], "identity": [], "disable": [], "enable": []}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)
