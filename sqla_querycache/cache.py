@@ -218,7 +218,7 @@ class QueryCache:
         if strict:
             self.check(metadata, engine=engine)
         elif metadata is not None:
-            tracking.remember_metadata(metadata)
+            tracking.remember_metadata(getattr(metadata, "metadata", metadata))
         self._installed = events.install(self._reader, self._writer, target)
         return self
 

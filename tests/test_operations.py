@@ -256,6 +256,9 @@ def test_check_passes_on_a_good_configuration(caches: Any, redis_url: str,
     cache = caches({"default": redis_region(redis_url), "local": memory()}, versions=redis_url)
     cache.check(Base.metadata)
     cache.install(sessionmaker(), strict=True, metadata=Base)
+    other = caches()
+    other.install(sessionmaker(), metadata=Base)  # not strict: only remembered
+    assert Base.metadata in set(tracking._metadata)
 
 
 def test_check_lists_every_problem(caches: Any) -> None:
