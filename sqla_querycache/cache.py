@@ -512,7 +512,12 @@ def _check_known(names: Iterable[str]) -> None:
             known |= tracking.name_variants(tracking.table_name(table))
     if not known:
         return  # nothing to compare with
-    unknown = sorted(n for n in names if not tracking.name_variants(tracking.table_name(n)) & known)
+    unknown = sorted(
+        n
+        for n in names
+        if not any(c in n for c in "@#[")  # the library's own names (row-level, @any)
+        and not tracking.name_variants(tracking.table_name(n)) & known
+    )
     if unknown:
         raise UnknownTableError(
             f"unknown table(s) {', '.join(map(repr, unknown))}; known: "
