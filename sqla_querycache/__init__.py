@@ -18,7 +18,7 @@ Example::
 """
 
 from .cache import QueryCache
-from .exc import ConfigurationError, QueryCacheError, UnknownRegionError
+from .exc import ConfigurationError, QueryCacheError, UnknownRegionError, UnknownTableError
 from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .versions import LocalVersions, VersionStore
 
@@ -32,6 +32,7 @@ __all__ = [
     "QueryCache",
     "QueryCacheError",
     "UnknownRegionError",
+    "UnknownTableError",
     "VersionStore",
 ]
 __version__ = "0.1.0"

@@ -9,6 +9,10 @@ to SQLAlchemy). See ``ARCHITECTURE.md``.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
 from . import checks, events, keys, sealing, tracking
-from .exc import ConfigurationError, UnknownRegionError
+from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
 from .hydrate import mapper_of
 from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
@@ -30,6 +34,14 @@ log = logging.getLogger("sqla_querycache")
 
 #: the longest namespace accepted (it prefixes every key)
 MAX_NAMESPACE = 64
+#: the environment variable that starts every QueryCache of the process disabled
+DISABLED_ENV = "SQLA_QUERYCACHE_DISABLED"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+#: seconds between two warnings of one kind (the ones between are counted)
+WARN_INTERVAL = 60.0
+#: seconds between two looks at the app-wide switch in the shared version store
+SWITCH_POLL = 1.0
 
 
 class QueryCache:
@@ -91,6 +103,8 @@ class QueryCache:
         counters to the app-wide stats (Redis versions only; see
         :meth:`report`); 0 flushes only on :meth:`flush_stats`, reads and
         :meth:`close`.
+    The environment variable ``SQLA_QUERYCACHE_DISABLED=1`` (read here)
+    starts the cache disabled (:attr:`enabled` False); ``0`` or unset: enabled.
 
     Every argument is checked here, before anything starts (no thread, no
     connection kept): a bad one raises :class:`~.exc.ConfigurationError`.
@@ -153,6 +167,11 @@ class QueryCache:
         for name in regions:
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"region names must be non-empty str, got {name!r}")
+        env = os.environ.get(DISABLED_ENV, "").strip().lower()
+        if env not in _TRUE and env not in _FALSE:
+            raise ConfigurationError(
+                f"{DISABLED_ENV}={os.environ[DISABLED_ENV]!r}: use 1 (disabled) or 0 (enabled)"
+            )
         # 2. objects that start nothing
         self.sealer = sealing.make_sealer(secret, encrypt)
         self.regions: dict[str, RegionStore] = {
@@ -164,8 +183,10 @@ class QueryCache:
         self.scope = scope
         #: the region of primary-key loads (session.get) and lazy loads, or None
         self.identity_region = identity_region
-        #: False: every statement bypasses the cache (writes still invalidate)
-        self.enabled = True
+        self._enabled = env not in _TRUE  # this process (the property ``enabled``)
+        self._app_disabled = False  # the app-wide switch, as last read from the store
+        #: what the read path checks: enabled here and not disabled app-wide
+        self._active = self._enabled
         self._plan_memo_size = plan_memo_size
         self._memo_size = memo_size
         self._memo_bytes = memo_bytes
@@ -183,18 +204,78 @@ class QueryCache:
                                        stats_interval)  # fmt: skip
         self._info_key = f"_sqla_querycache_{id(self)}"
         self._installed: events.Installation | None = None
-        self._warned: set[Any] = set()
+        self._warned: dict[Any, list[float]] = {}  # kind -> [next allowed, suppressed]
+        self._warn_lock = threading.Lock()
+        #: seconds between two warnings of one kind
+        self.warn_interval = WARN_INTERVAL
         self._reader = ReadPath(self)
         self._writer = WritePath(self)
+        self._switch_stop = threading.Event()
+        if hasattr(self.versions, "get_switch"):  # shared: watch the app-wide switch
+            _start_switch_watcher(self)
 
     # ------------------------------------------------------------ public API
 
-    def install(self, target: Any) -> QueryCache:
-        """Hook a Session class, subclass or sessionmaker (also async ones); return self."""
+    def install(self, target: Any, *, strict: bool = False, metadata: Any = None,
+                engine: Any = None) -> QueryCache:  # fmt: skip
+        """Hook a Session class, subclass or sessionmaker (also async ones); return self.
+
+        ``strict=True`` runs :meth:`check` first (with ``metadata`` and
+        ``engine``): a problem raises :class:`~.exc.ConfigurationError` and
+        nothing is installed.
+        """
         if self._installed is not None:
             raise ConfigurationError("this QueryCache is already installed; uninstall() first")
+        checks.flag("strict", strict)
+        if strict:
+            self.check(metadata, engine=engine)
+        elif metadata is not None:
+            tracking.remember_metadata(getattr(metadata, "metadata", metadata))
         self._installed = events.install(self._reader, self._writer, target)
         return self
+
+    def check(self, metadata: Any = None, *, engine: Any = None) -> None:
+        """Verify at start-up what can be verified; raise one error listing every problem.
+
+        Each region answers a read; the version store answers (Redis: a ping;
+        ``"sql"``: a read of its table through ``engine``, when given);
+        ``identity_region`` is a region; every table of ``metadata`` (a
+        ``MetaData``, or a declarative base) has a name the cache can version,
+        and the ``metadata`` is remembered, so :meth:`invalidate` knows its
+        tables from now on. Raises :class:`~.exc.ConfigurationError`.
+        """
+        problems: list[str] = []
+        for name, store in self.regions.items():
+            try:
+                store.get(f"{self.namespace}:check")
+            except Exception as err:
+                problems.append(f"region {name!r} ({store.kind}) does not answer: {err!r}")
+        try:
+            if hasattr(self.versions, "check"):
+                self.versions.check()
+            elif getattr(self.versions, "needs_bind", False):
+                if engine is not None:
+                    self.versions.read([tracking.ALL_TABLES], bind=engine)
+            else:
+                self.versions.read([tracking.ALL_TABLES])
+        except Exception as err:
+            problems.append(f"the version store {self.versions!r} does not answer: {err}")
+        if self.identity_region is not None and self.identity_region not in self.regions:
+            problems.append(f"identity_region {self.identity_region!r} is not a region")
+        if metadata is not None:
+            md = getattr(metadata, "metadata", metadata)
+            tables = getattr(md, "tables", None)
+            if not isinstance(tables, Mapping):
+                problems.append(f"metadata: not a MetaData or declarative base: {metadata!r}")
+            else:
+                for key, table in tables.items():
+                    try:
+                        tracking.table_name(table)
+                    except Exception as err:
+                        problems.append(f"table {key!r}: no version name ({err!r})")
+                tracking.remember_metadata(md)
+        if problems:
+            raise ConfigurationError("QueryCache.check() found:\n  " + "\n  ".join(problems))
 
     def uninstall(self) -> None:
         """Remove every listener :meth:`install` added."""
@@ -205,6 +286,7 @@ class QueryCache:
     def close(self) -> None:
         """Uninstall, and stop the version store's threads and connections."""
         self.uninstall()
+        self._switch_stop.set()
         self._reader.clear()  # the memory this process kept: plans, decoded entries
         if self._app_stats is not None:
             self._app_stats.close()  # the last counts, before the store's client goes
@@ -281,17 +363,27 @@ class QueryCache:
         else:
             self._stats.reset()
 
-    def invalidate(self, *targets: Any, tables: Sequence[Any] = ()) -> list[str]:
+    def invalidate(
+        self, *targets: Any, tables: Sequence[Any] = (), strict: bool = True
+    ) -> list[str]:
         """Invalidate every entry that read the given tables, models or statements.
 
         ``cache.invalidate(Product)``, ``cache.invalidate(select(Product))``,
         ``cache.invalidate(tables=["product"])``. Returns the version names bumped.
+        ``tables`` must be a list: a str raises ``TypeError``. A table name
+        no ``MetaData`` this process knows (used by a query, or given to
+        :meth:`check` / ``install(metadata=...)``) declares raises
+        :class:`~.exc.UnknownTableError` listing the known ones; ``strict=False``
+        accepts it (a table only the database has). With no MetaData known
+        yet, every name is accepted.
         """
         if isinstance(tables, str):
             raise TypeError(f"tables must be a list of names, not a str: tables=[{tables!r}]")
         names: set[str] = set()
         for t in tables:
             names |= tracking.name_variants(tracking.table_name(t))
+        if strict:
+            _check_known([t for t in (*tables, *targets) if isinstance(t, str)])
         for target in targets:
             names.update(self._names_of(target))
         if not names:
@@ -358,6 +450,54 @@ class QueryCache:
         finally:
             self.enabled = before
 
+    @property
+    def enabled(self) -> bool:
+        """False: every statement of this process bypasses the cache (writes still
+        invalidate). See also :meth:`disable_app_wide`."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+        self._active = self._enabled and not self._app_disabled
+
+    @property
+    def disabled_app_wide(self) -> bool:
+        """Whether the app-wide switch was off at this process's last look (<= 1 s ago)."""
+        return self._app_disabled
+
+    def disable_app_wide(self) -> None:
+        """Make every process sharing the version store bypass the cache (within a second).
+
+        Writes still invalidate. The switch is a key in the shared store (Redis);
+        with the ``"local"`` store it is this process only. Not available with
+        the ``"sql"`` store (:class:`~.exc.ConfigurationError`).
+        """
+        self._set_app_wide(True)
+
+    def enable_app_wide(self) -> None:
+        """Undo :meth:`disable_app_wide` (every process caches again within a second)."""
+        self._set_app_wide(False)
+
+    def _set_app_wide(self, disabled: bool) -> None:
+        store: Any = self.versions
+        if hasattr(store, "set_switch"):
+            store.set_switch(disabled)
+        elif getattr(store, "needs_bind", False):
+            raise ConfigurationError(
+                f"the app-wide switch needs a Redis version store, not {store!r}: "
+                f"set {DISABLED_ENV}=1 and restart, or use cache.enabled = False"
+            )
+        self._switch(disabled)
+
+    def _switch(self, disabled: bool) -> None:
+        if disabled != self._app_disabled:
+            log.log(logging.WARNING if disabled else logging.INFO, "caching %s app-wide "
+                    "(namespace %r)", "disabled" if disabled else "enabled again",
+                    self.namespace)  # fmt: skip
+        self._app_disabled = disabled
+        self._active = self._enabled and not disabled
+
     def __repr__(self) -> str:
         stats = self.stats()
         parts = []
@@ -407,10 +547,29 @@ class QueryCache:
             return out
         raise ConfigurationError(f"cannot tell which tables {target!r} reads")
 
-    def _warn_once(self, what: Any, msg: str, *args: Any) -> None:
-        if what not in self._warned:
-            self._warned.add(what)
-            log.warning(msg, *args)
+    def _warn(self, what: Any, msg: str, *args: Any) -> None:
+        """Log a warning of kind ``what`` at most once per ``warn_interval`` seconds;
+        the next one says how many were suppressed meanwhile."""
+        now = time.monotonic()
+        with self._warn_lock:
+            state = self._warned.get(what)
+            if state is not None and now < state[0]:
+                state[1] += 1
+                return
+            suppressed = int(state[1]) if state is not None else 0
+            self._warned[what] = [now + self.warn_interval, 0]
+        if suppressed:
+            msg += " (and %d more like it in the last %gs)"
+            args = (*args, suppressed, self.warn_interval)
+        log.warning(msg, *args)
+
+    #: the name the read and write paths used before warnings were rate-limited
+    _warn_once = _warn
+
+    def _recovered(self, what: str, since: float) -> None:
+        """INFO: ``what`` answers again after failing since ``since`` (monotonic)."""
+        log.info("%s answers again (failing for %.1fs)", what,
+                 time.monotonic() - since)  # fmt: skip
 
 
 def _zero_region() -> dict[str, Any]:
@@ -420,3 +579,52 @@ def _zero_region() -> dict[str, Any]:
     row.update(hit_ratio=None, calls=0, db_seconds=0.0, saved_seconds=0.0, bytes_stored=0,
                bypass_reasons={})  # fmt: skip
     return row
+
+
+def _check_known(names: Iterable[str]) -> None:
+    """Raise :class:`UnknownTableError` for a name no remembered MetaData declares."""
+    known: set[str] = set()
+    for md in list(tracking._metadata):
+        for table in md.tables.values():
+            known |= tracking.name_variants(tracking.table_name(table))
+    if not known:
+        return  # nothing to compare with
+    unknown = sorted(
+        n
+        for n in names
+        if not any(c in n for c in "@#[")  # the library's own names (row-level, @any)
+        and not tracking.name_variants(tracking.table_name(n)) & known
+    )
+    if unknown:
+        raise UnknownTableError(
+            f"unknown table(s) {', '.join(map(repr, unknown))}; known: "
+            f"{', '.join(sorted(k for k in known if '.' not in k))} "
+            f"(strict=False invalidates a table only the database has)"
+        )
+
+
+def _start_switch_watcher(cache: QueryCache) -> None:
+    """A daemon thread reading the app-wide switch once per ``SWITCH_POLL`` s.
+
+    It holds the cache weakly: it ends when the cache is closed or collected.
+    """
+    ref = weakref.ref(cache)
+    stop = cache._switch_stop
+    store: Any = cache.versions
+
+    def watch() -> None:
+        while True:
+            c = ref()
+            if c is None or stop.is_set():
+                return
+            try:
+                disabled = store.get_switch()
+            except Exception:
+                disabled = None  # unreachable: keep what we knew (its reads fail open anyway)
+            if disabled is not None:
+                c._switch(disabled)
+            del c
+            if stop.wait(SWITCH_POLL):
+                return
+
+    threading.Thread(target=watch, name="sqla_querycache-switch", daemon=True).start()

@@ -237,9 +237,10 @@ def _decode_ext(code: int, data: bytes) -> Any:
 def _packb_strict(obj: Any) -> bytes:
     # strict_types: a subclass (an IntEnum, a str subclass) goes through
     # _default and is refused there instead of silently losing its type
-    return msgpack.packb(
+    out: bytes = msgpack.packb(
         obj, default=_default, use_bin_type=True, strict_types=True, datetime=False
     )
+    return out
 
 
 def _default_key(obj: Any) -> Any:
@@ -252,8 +253,9 @@ def _default_key(obj: Any) -> Any:
 def packb_key(obj: Any) -> bytes:
     """Encode values for hashing into a key (Enum members of any class allowed)."""
     try:
-        return msgpack.packb(obj, default=_default_key, use_bin_type=True, strict_types=True,
-                             datetime=False)  # fmt: skip
+        out: bytes = msgpack.packb(obj, default=_default_key, use_bin_type=True,
+                                   strict_types=True, datetime=False)  # fmt: skip
+        return out
     except Unencodable:
         raise
     except (TypeError, ValueError, OverflowError, RecursionError) as err:

@@ -418,6 +418,19 @@ def invalidate(
     return [{"invalidated": what} for what in done]
 
 
+def disable(cache: QueryCache) -> Rows:
+    """Disable caching app-wide: every process sharing the version store bypasses the
+    cache within a second (writes still invalidate). Undo with ``enable``."""
+    cache.disable_app_wide()
+    return [{"caching": "disabled app-wide", "versions": repr(cache.versions)}]
+
+
+def enable(cache: QueryCache) -> Rows:
+    """Enable caching app-wide again (after ``disable``), within a second."""
+    cache.enable_app_wide()
+    return [{"caching": "enabled app-wide", "versions": repr(cache.versions)}]
+
+
 def demo(rounds: int = 60, url: str = "sqlite://") -> Rows:
     """Run the shop demo: uncached vs cached timings of four workloads (memory regions).
 
@@ -497,5 +510,7 @@ COMMANDS: dict[str, Command] = {
     "invalidate": Command(invalidate),
     "identity": Command(identity),
     "exporter": Command(exporter),
+    "disable": Command(disable),
+    "enable": Command(enable),
     "demo": Command(demo, needs_cache=False, render=_print_demo),
 }

@@ -193,7 +193,7 @@ def _tag(stmt: Any, cache: CacheArg) -> Any:
     return stmt.options(FromCache(cache) if isinstance(cache, str) else cache)
 
 
-def category_page(session: Session, category_id: int = 1, *, cache: CacheArg = None) -> list:
+def category_page(session: Session, category_id: int = 1, *, cache: CacheArg = None) -> list[Any]:
     """The first :data:`PAGE_SIZE` products of a category, by id: ``[(id, name, price, stock)]``."""
     stmt = (
         select(Product)
@@ -230,14 +230,16 @@ def lookup_ids(products: int = 5000) -> list[int]:
     return sorted({max(1, min(products, round(products * f))) for f in (0.001, 0.2, 0.45, 0.7, 1)})
 
 
-def lookup_5(session: Session, ids: Sequence[int] | None = None, *, cache: CacheArg = None) -> list:
+def lookup_5(
+    session: Session, ids: Sequence[int] | None = None, *, cache: CacheArg = None
+) -> list[Any]:
     """Products by a list of five ids: ``[(id, name, price, stock)]`` by id."""
     stmt = select(Product).where(Product.id.in_(list(ids or lookup_ids())))
     rows = [(p.id, p.name, p.price, p.stock) for p in session.scalars(_tag(stmt, cache))]
     return sorted(rows)
 
 
-def revenue_report(session: Session, *, cache: CacheArg = None) -> list:
+def revenue_report(session: Session, *, cache: CacheArg = None) -> list[Any]:
     """Revenue per category: ``[(category id, name, sum(quantity * unit_price))]``."""
     revenue = func.sum(OrderItem.quantity * OrderItem.unit_price).label("revenue")
     stmt = (
@@ -317,12 +319,12 @@ def run_demo(
             for name, fn in WORKLOADS.items():
                 extra = args.get(name, ())
 
-                def run_plain(fn: Callable[..., Any] = fn, extra: tuple = extra) -> Any:
+                def run_plain(fn: Callable[..., Any] = fn, extra: tuple[Any, ...] = extra) -> Any:
                     with plain() as s:
                         return fn(s, *extra)
 
                 def run_cached(
-                    fn: Callable[..., Any] = fn, extra: tuple = extra, name: str = name
+                    fn: Callable[..., Any] = fn, extra: tuple[Any, ...] = extra, name: str = name
                 ) -> Any:
                     with cached() as s:
                         return fn(s, *extra, cache=name)

@@ -10,6 +10,7 @@ listeners only route to the read path (:mod:`.readpath`) and the write path
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from sqlalchemy.pool import Pool
 
 from . import tracking
 from .exc import ConfigurationError
+from .options import FromCache
 from .readpath import is_select
 
 if TYPE_CHECKING:
@@ -48,17 +50,72 @@ def _session_target(target: Any) -> Any:
     )
 
 
+log = logging.getLogger("sqla_querycache")
+
+# ------------------------------------------------ sessions not installed
+# A statement tagged FromCache() on a session class no QueryCache is installed
+# on is silently uncached: warn once per such class. The check is a listener on
+# the Session base class, present only while an installation hooks a narrower
+# target (a subclass, a sessionmaker); on installed classes it costs one dict
+# lookup per statement.
+
+#: the session targets of the live installations (classes, sessionmakers)
+_targets: list[Any] = []
+#: session class -> whether an installation covers it
+_covered: dict[type, bool] = {}
+_warned: set[type] = set()
+
+
+def _class_of(target: Any) -> Any:
+    return target.class_ if isinstance(target, sessionmaker) else target
+
+
+def _check_installed(orm_state: Any) -> None:
+    cls = type(orm_state.session)
+    covered = _covered.get(cls)
+    if covered is None:
+        covered = _covered[cls] = any(issubclass(cls, _class_of(t)) for t in _targets)
+    if covered or cls in _warned:
+        return
+    for opt in orm_state.user_defined_options:
+        if isinstance(opt, FromCache):
+            _warned.add(cls)
+            log.warning("a statement tagged FromCache() ran on %s.%s, which "
+                        "no QueryCache is installed on: not cached (install() that class or "
+                        "its sessionmaker)", cls.__module__, cls.__qualname__)  # fmt: skip
+            return
+
+
+def _track(target: Any, add: bool) -> None:
+    if add:
+        _targets.append(target)
+    else:
+        _targets.remove(target)
+    _covered.clear()
+    needed = bool(_targets) and Session not in _targets
+    listening = event.contains(Session, "do_orm_execute", _check_installed)
+    if needed and not listening:
+        # first: never one of the hooks "after ours" the read path runs itself
+        event.listen(Session, "do_orm_execute", _check_installed, insert=True)
+    elif listening and not needed:
+        event.remove(Session, "do_orm_execute", _check_installed)
+
+
 class Installation:
     """The listeners one ``install()`` added; ``remove()`` takes them all away."""
 
     def __init__(self) -> None:
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._target: Any = None
 
     def listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
         event.listen(target, name, fn, **kw)
         self._listeners.append((target, name, fn))
 
     def remove(self) -> None:
+        if self._target is not None:
+            _track(self._target, add=False)
+            self._target = None
         while self._listeners:
             target, name, fn = self._listeners.pop()
             if event.contains(target, name, fn):
@@ -165,4 +222,6 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     inst.listen(Pool, "checkin", on_checkin)
     inst.listen(Mapper, "before_update", before_row_write)
     inst.listen(Mapper, "before_delete", before_row_write)
+    inst._target = session_target
+    _track(session_target, add=True)
     return inst

@@ -21,3 +21,10 @@ class UnknownRegionError(ConfigurationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
+
+
+class UnknownTableError(ConfigurationError, KeyError):
+    """``invalidate()`` was given a table name no known ``MetaData`` declares."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])

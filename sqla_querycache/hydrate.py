@@ -44,7 +44,7 @@ class NotStorable(Exception):
     """This result must not be stored (it may include session-local state)."""
 
 
-def class_key(mapper: Mapper) -> str:
+def class_key(mapper: Mapper[Any]) -> str:
     cls = mapper.class_
     return f"{cls.__module__}.{cls.__qualname__}"
 
@@ -57,8 +57,8 @@ class MapperSet:
 
     __slots__ = ("_layouts", "by_name", "fingerprint")
 
-    def __init__(self, roots: Sequence[Mapper]):
-        found: dict[str, Mapper] = {}
+    def __init__(self, roots: Sequence[Mapper[Any]]):
+        found: dict[str, Mapper[Any]] = {}
         todo = list(roots)
         while todo:
             mapper = todo.pop()
@@ -101,7 +101,7 @@ def _relationship_signature(r: Any) -> str:
     return f"{r.key}>{class_key(r.mapper)}:{r.uselist}:{r.lazy}:{joins}:{order}"
 
 
-def _mapper_signature(m: Mapper) -> str:
+def _mapper_signature(m: Mapper[Any]) -> str:
     cols = sorted(p.key + ":" + ",".join(map(_column_signature, p.columns)) for p in m.column_attrs)
     rels = sorted(map(_relationship_signature, m.relationships))
     tables = sorted(str(t) for t in m.tables)
@@ -127,7 +127,7 @@ class _Layout:
         "width",
     )  # fmt: skip
 
-    def __init__(self, mapper: Mapper, cols: tuple[str, ...], rels: tuple[str, ...]):
+    def __init__(self, mapper: Mapper[Any], cols: tuple[str, ...], rels: tuple[str, ...]):
         self.key = (class_key(mapper), cols, rels)
         self.mapper = mapper
         self.identity_class = mapper._identity_class
@@ -193,12 +193,11 @@ class NeedsLocalLoad(Exception):
 
 
 #: mapper -> (class key, column attribute keys, relationship keys)
-_mapper_keys: weakref.WeakKeyDictionary[Mapper, tuple[str, tuple[str, ...], tuple[str, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
+_MapperKeys = tuple[str, tuple[str, ...], tuple[str, ...]]
+_mapper_keys: weakref.WeakKeyDictionary[Mapper[Any], _MapperKeys] = weakref.WeakKeyDictionary()
 
 
-def _layout_of(mapper: Mapper, dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+def _layout_of(mapper: Mapper[Any], dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
     known = _mapper_keys.get(mapper)
     if known is None:
         known = _mapper_keys[mapper] = (
@@ -550,6 +549,6 @@ def derive_shape(compiled: Any, flags: Sequence[bool]) -> Shape:
                  rowcount_mode)  # fmt: skip
 
 
-def mapper_of(entity: Any) -> Mapper | None:
+def mapper_of(entity: Any) -> Mapper[Any] | None:
     insp = sa_inspect(entity, raiseerr=False)
     return getattr(insp, "mapper", None)

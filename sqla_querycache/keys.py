@@ -431,7 +431,7 @@ def entry_key(
 
 
 def _relationship_tables(
-    prop: RelationshipProperty, seen: set[Any], out: set[str], d: str | None
+    prop: RelationshipProperty[Any], seen: set[Any], out: set[str], d: str | None
 ) -> None:
     if prop in seen:
         return
@@ -444,7 +444,7 @@ def _relationship_tables(
 _EAGER = frozenset({"joined", "selectin", "subquery", "immediate"})
 
 
-def _mapper_tables(mapper: Mapper, seen: set[Any], out: set[str], d: str | None) -> None:
+def _mapper_tables(mapper: Mapper[Any], seen: set[Any], out: set[str], d: str | None) -> None:
     """Tables of a mapper's whole hierarchy and of its default-eager relationships."""
     if mapper in seen:
         return
@@ -467,7 +467,7 @@ def _tables_in(element: Any, d: str | None = None) -> set[str]:
     return found
 
 
-def _option_relationships(options: Iterable[Any]) -> Iterable[RelationshipProperty]:
+def _option_relationships(options: Iterable[Any]) -> Iterable[RelationshipProperty[Any]]:
     for opt in options:
         paths = [getattr(opt, "path", None)]
         paths.extend(getattr(sub, "path", None) for sub in getattr(opt, "context", ()) or ())

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from . import keys, rows, tracking
+from . import rows, tracking
 from .versions import make_version_store
 
 
@@ -57,7 +57,7 @@ def invalidating(
     finally:
         event.remove(connection, "before_cursor_execute", on_execute)
     if written and versions is not None:
-        names = rows.with_rows(written | {keys.ANY_TABLE})
+        names = rows.with_rows(written | {tracking.ANY_TABLE})
         invalidate = getattr(versions, "invalidate", None)
         if invalidate is not None:  # a QueryCache
             invalidate(tables=names)

@@ -40,11 +40,13 @@ from .options import EXPIRATION_OPTION, REGION_OPTION, SCOPE_OPTION, FromCache, 
 from .regions import RegionStore, now
 from .sqlscan import canonical
 from .tracking import ALL_TABLES, ANY_TABLE
+from .versions import Unavailable
 
 if TYPE_CHECKING:
     from .cache import QueryCache
 
 log = logging.getLogger("sqla_querycache")
+_DEBUG = logging.DEBUG
 
 #: at most this many siblings' targets are prefetched by one lazy load
 _PREFETCH_MAX = 500
@@ -260,46 +262,71 @@ class ReadPath:
                 result = fn(orm_state)
                 if result:
                     return result
-        result = self._cached(orm_state)
+        if log.isEnabledFor(_DEBUG):  # one line per statement, built only then
+            result = self._traced(orm_state)
+        else:
+            result = self._cached(orm_state)
         if result is None and later:  # they ran already: run the statement ourselves
             return orm_state.invoke_statement()
         return result
 
-    def _cached(self, orm_state: ORMExecuteState) -> Any:
+    def _traced(self, orm_state: ORMExecuteState) -> Any:
+        """:meth:`_cached`, then one DEBUG line: outcome, reason, region, key, tables, µs."""
+        trace: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        with self.cache._stats.trace() as notes:
+            result = self._cached(orm_state, trace)
+        us = (time.perf_counter() - t0) * 1e6
+        if "region" in trace:  # a statement for the cache (else: nothing to say)
+            outcome, reason = _outcome(notes, trace)
+            key = trace.get("key") or "-"
+            log.debug("%s region=%s key=%s tables=%s reason=%s %.0fus", outcome,
+                      trace["region"], key[: key.rfind(":") + 13],
+                      ",".join(trace.get("tables", ())) or "-", reason, us)  # fmt: skip
+        return result
+
+    def _cached(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None) -> Any:
         cache = self.cache
         stats = cache._stats
         region_name, ttl, tagged = self._region_for(orm_state)
-        if region_name is None or not cache.enabled:
+        if region_name is None or not cache._active:
+            if trace is not None and region_name is not None:
+                trace.update(region=region_name, reason="disabled")
             return None
         region = cache._region(region_name)  # an unknown name is a configuration error
+        if trace is not None:
+            trace["region"] = region_name
         if not _cacheable(orm_state):
-            stats.incr(region_name, "uncacheable")
+            stats.incr(region_name, "uncacheable", why="options (FOR UPDATE, yield_per, ...)")
             return None
         session = orm_state.session
         try:
             statement: Any = orm_state.statement
             cache_key = statement._generate_cache_key()
             if cache_key is None:
-                stats.incr(region_name, "uncacheable")
+                stats.incr(region_name, "uncacheable", why="no SQLAlchemy cache key")
                 return None
             bind = session.get_bind(**orm_state.bind_arguments)
             plan = self.plan(orm_state, cache_key, bind)
             if plan.uncacheable is not None or (not tagged and not plan.reads_tables):
                 # a statement that reads no table is cached only when tagged itself
-                stats.incr(region_name, "uncacheable")
+                stats.incr(region_name, "uncacheable",
+                           why=plan.uncacheable or "reads no table, not tagged")  # fmt: skip
                 return None
             key = keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
                 getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
                 self._scope(orm_state),
             )  # fmt: skip
-        except Unencodable:
-            stats.incr(region_name, "uncacheable")
+        except Unencodable as err:
+            stats.incr(region_name, "uncacheable", why=f"parameter: {err}")
             return None
         except Exception as err:  # never our exception in the user's query
-            cache._warn_once(("key", type(err)), "cannot key a statement: %r", err)
-            stats.error(region_name, err)
+            cache._warn(("key", type(err)), "cannot key a statement: %r", err)
+            stats.error(region_name, err, why=f"cannot key: {err!r}")
             return None
+        if trace is not None:
+            trace.update(key=key, tables=plan.tables)
 
         # as the uncached query would: refuse without a transaction when autobegin is
         # off, and autoflush; their errors are the user's. (A hit does not begin the
@@ -315,6 +342,7 @@ class ReadPath:
         if rk is not None:
             enc = rk.encode(cache_key.bindparams, orm_state.parameters,
                             getattr(cache_key, "params", None))  # fmt: skip
+        names: tuple[str, ...] | None
         if enc is not None:
             names = (*rk.names(plan.tables, enc), ALL_TABLES, f"@region:{region_name}")
         else:
@@ -324,7 +352,7 @@ class ReadPath:
                                                    f"@region:{region_name}")  # fmt: skip
         failed = cache._writer.failed
         if failed and failed.blocks(names):
-            stats.bypass(region_name, "store_failed", plan)
+            stats.bypass(region_name, "store_failed", plan, why="an invalidation not delivered yet")
             return None
 
         ttl = ttl if ttl is not None else region.expiration_time
@@ -340,7 +368,7 @@ class ReadPath:
             try:
                 self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
             except Exception as err:  # an optimisation: never the user's error
-                cache._warn_once(("prefetch", type(err)), "prefetch failed: %r", err)
+                cache._warn(("prefetch", type(err)), "prefetch failed: %r", err)
         result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
@@ -348,7 +376,7 @@ class ReadPath:
                 stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
-            stats.bypass(region_name, "unavailable", plan)
+            stats.bypass(region_name, "unavailable", plan, why="tables being written, or store down")
             return None
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
@@ -362,7 +390,8 @@ class ReadPath:
                     if result is not None:
                         return result
                     if versions is None:
-                        stats.bypass(region_name, "unavailable", plan)
+                        stats.bypass(region_name, "unavailable", plan,
+                                     why="tables being written, or store down")  # fmt: skip
                         return None
                 stats.incr(region_name, "misses", plan=plan)  # this request runs the query
                 if klass is not None:
@@ -375,7 +404,7 @@ class ReadPath:
                     try:
                         mutex.release()
                     except Exception as err:
-                        cache._warn_once(("mutex", type(err)), "cache mutex release: %r", err)
+                        cache._warn(("mutex", type(err)), "cache mutex release: %r", err)
 
     # ------------------------------------------------------------- choice
 
@@ -530,15 +559,16 @@ class ReadPath:
         if written:
             read = plan.tables
             if ALL_TABLES in written or ANY_TABLE in read or not written.isdisjoint(read):
-                stats.bypass(region, "written", plan)
+                stats.bypass(region, "written", plan, why="this transaction wrote its tables")
                 for name in written.intersection(read):
                     stats.table(name, "bypassed")
                 return False
         if ct is not None and (ct.state_changed and self.cache.scope is None):
-            stats.bypass(region, "state_changed", plan)  # SET search_path, role: results differ
+            # SET search_path / role ...: results may differ
+            stats.bypass(region, "state_changed", plan, why="connection state changed (SET ...)")
             return False
         if conn is not None and _holds_snapshot(conn, ct):
-            stats.bypass(region, "snapshot", plan)
+            stats.bypass(region, "snapshot", plan, why="the transaction holds a snapshot")
             return False
         return True
 
@@ -569,9 +599,11 @@ class ReadPath:
             else:
                 raw, versions = self._fetch(region, key, names, orm_state)
         except Exception as err:
-            cache._warn_once(("get", region.name, type(err)), "cache read failed (%s): %r",
-                             region.name, err)  # fmt: skip
-            cache._stats.error(region.name, err, plan)
+            cache._warn(("get", region.name, type(err)), "cache read failed (%s): %r",
+                        region.name, err)  # fmt: skip
+            cache._stats.error(region.name, err, plan, why=f"read failed: {err!r}")
+            if region.down_since is None and not isinstance(err, Unavailable):
+                region.down_since = time.monotonic()
             return None, None
         if versions is None:
             return None, None
@@ -634,8 +666,8 @@ class ReadPath:
         except Exception as err:  # corrupt, foreign or mismatched: a miss
             self.memo.pop(memo_key)
             if not second:  # the same entry, read again under the lock, counts once
-                cache._warn_once(("decode", region.name), "undecodable cache entry in %s: %r",
-                                 region.name, err)  # fmt: skip
+                cache._warn(("decode", region.name), "undecodable cache entry in %s: %r",
+                            region.name, err)  # fmt: skip
                 cache._stats.incr(region.name, "corrupt")
             return None, versions
         cache._stats.hit(region.name, plan)
@@ -772,7 +804,7 @@ class ReadPath:
                 got = cache._region(name).get_many([probes[i][2] for i in idx])
                 raws.update(zip(idx, got))
         except Exception as err:
-            cache._warn_once(("get_many", type(err)), "cache read failed: %r", err)
+            cache._warn(("get_many", type(err)), "cache read failed: %r", err)
             return [(None, None)] * len(probes) if keep_versions else out
         if current is None:
             # tables in flight, or the store is down: every id misses
@@ -858,7 +890,7 @@ class ReadPath:
         out = shape.result(frozen.data, rowcount)
         if rec.impure is not None:  # a statement of this load was not a pure read
             plan.uncacheable = rec.impure
-            stats.incr(region.name, "uncacheable", plan=plan)
+            stats.incr(region.name, "uncacheable", plan=plan, why=str(rec.impure))
             return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
@@ -867,7 +899,8 @@ class ReadPath:
                 # table) read rows the key does not name: whole tables from now on
                 plan.rowkey = None
                 self._learn(plan, observed)
-                stats.incr(region.name, "not_stored", plan=plan)
+                stats.incr(region.name, "not_stored", plan=plan,
+                           why="read its rows again: whole tables")  # fmt: skip
                 return out
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
@@ -882,7 +915,7 @@ class ReadPath:
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too
             self._learn(plan, observed)
-            stats.incr(region.name, "not_stored", plan=plan)
+            stats.incr(region.name, "not_stored", plan=plan, why="read tables not versioned before")
             return out
         self._store(region, key, names, versions, plan, shape, frozen.data, preexisting, ttl,
                     params)  # fmt: skip
@@ -912,7 +945,7 @@ class ReadPath:
                 # a result of this shape this large was too large to store lately:
                 # not encoded again (until the retry); smaller ones still are
                 big[2] -= 1
-                stats.incr(region.name, "too_large", plan=plan)
+                stats.incr(region.name, "too_large", plan=plan, why="predicted too large")
                 return
         try:
             templates: dict[Any, Any] = {}
@@ -925,11 +958,11 @@ class ReadPath:
             stored = cache.sealer.seal(key, blob)  # signed / encrypted with a secret
         except (NotStorable, Unencodable) as err:
             log.debug("not storing %s: %s", key, err)
-            stats.incr(region.name, "not_stored", plan=plan)
+            stats.incr(region.name, "not_stored", plan=plan, why=str(err))
             return
         except Exception as err:
-            cache._warn_once(("dehydrate", type(err)), "cannot store a result: %r", err)
-            stats.error(region.name, err, plan)
+            cache._warn(("dehydrate", type(err)), "cannot store a result: %r", err)
+            stats.error(region.name, err, plan, why=f"cannot store: {err!r}")
             return
         if len(stored) > cache.max_entry_bytes:
             # remember the bytes per row: results of this shape predicted too large
@@ -937,11 +970,14 @@ class ReadPath:
             per_row = len(stored) / max(len(data), 1)
             plan.too_large = [per_row, time.monotonic() + _TOO_LARGE_RETRY_SECONDS,
                               _TOO_LARGE_RETRY_MISSES]  # fmt: skip
-            stats.incr(region.name, "too_large", plan=plan)
+            stats.incr(region.name, "too_large", plan=plan, why=f"{len(stored)} bytes")
             return
         try:
             region.set(key, stored, ttl)
             stats.stored(region.name, plan, len(stored))
+            if region.down_since is not None:
+                cache._recovered(f"region {region.name!r}", region.down_since)
+                region.down_since = None
             if templates:
                 self._templates.put(key, templates)
             # the payload we just built holds the live objects' values: keep it
@@ -952,9 +988,11 @@ class ReadPath:
                 entry = Entry(created, names, versions, flags, None, payload, len(stored))
             self.memo.put((region.name, key), entry, entry.cost())
         except Exception as err:
-            cache._warn_once(("set", region.name, type(err)), "cache write failed (%s): %r",
-                             region.name, err)  # fmt: skip
-            stats.error(region.name, err, plan)
+            cache._warn(("set", region.name, type(err)), "cache write failed (%s): %r",
+                        region.name, err)  # fmt: skip
+            stats.error(region.name, err, plan, why=f"write failed: {err!r}")
+            if region.down_since is None:
+                region.down_since = time.monotonic()
 
 
 # -------------------------------------------------------------- helpers
@@ -967,6 +1005,31 @@ def _params(bindparams: Any, params: Any) -> list[str] | None:
         return [repr(given.get(bp.key, bp.effective_value))[:80] for bp in bindparams[:20]]
     except Exception:
         return None
+
+
+def _outcome(notes: list[tuple[str, str]], trace: dict[str, Any]) -> tuple[str, str]:
+    """(hit/miss/bypass/uncacheable, reason) from the counters one statement moved."""
+    counted = [c for c, _ in notes]
+    why = {c: w for c, w in reversed(notes)}  # the first reason of each counter
+    if "hits" in counted:
+        return "hit", "valid entry"
+    if "misses" in counted:
+        before = counted[: counted.index("misses")]
+        after = counted[counted.index("misses") + 1 :]
+        lookup = "corrupt entry, " if "corrupt" in before else ""
+        lookup += "entry too large, " if "too_large" in before else ""
+        for c in after:
+            if c == "stores":
+                return "miss", lookup + "stored"
+            if c in ("not_stored", "too_large", "uncacheable", "errors"):
+                return "miss", f"{lookup}{c.replace('_', ' ')}: {why[c]}"
+        return "miss", lookup + "not stored"
+    for c, outcome in (("bypassed", "bypass"), ("uncacheable", "uncacheable")):
+        if c in why:
+            return outcome, why[c]
+    if "errors" in why:
+        return "bypass", why["errors"]
+    return "bypass", trace.get("reason", "-")
 
 
 def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
@@ -995,7 +1058,7 @@ def _pk_load(orm_state: ORMExecuteState) -> Any:
     """The mapper a load of one identity (``session.get``, a many-to-one lazy
     load by primary key) loads, or None."""
     stmt: Any = orm_state.statement
-    crit = getattr(stmt, "_where_criteria", ())
+    crit: tuple[Any, ...] = getattr(stmt, "_where_criteria", ())
     if len(crit) != 1:
         return None
     subject = getattr(stmt, "_propagate_attrs", {}).get("plugin_subject")
@@ -1051,7 +1114,8 @@ def _holds_snapshot(conn: Connection, ct: Any) -> bool:
             # pysqlite opens its transaction at the first write, holding the
             # write lock from then on: nobody commits under us unless a BEGIN
             # sent by hand started it with a read
-            return ct.explicit_begin
+            explicit: bool = ct.explicit_begin
+            return explicit
         level = ct.isolation or conn.get_execution_options().get("isolation_level")
         if level is None:
             level = _dbapi_isolation(conn)
@@ -1066,6 +1130,8 @@ def _dbapi_isolation(conn: Connection) -> str:
     level = info.get("_sqla_querycache_isolation")
     if level is None:
         dbapi_conn = conn.connection.dbapi_connection
+        if dbapi_conn is None:
+            raise RuntimeError("the connection is closed")
         level = info["_sqla_querycache_isolation"] = str(
             conn.dialect.get_isolation_level(dbapi_conn)
         ).upper()

@@ -40,7 +40,8 @@ def _safe_region(config: dict[str, Any]) -> CacheRegion:
 class RegionStore:
     """One named region: where entries of that name live."""
 
-    __slots__ = ("backend", "combined", "expiration_time", "kind", "name", "redis", "region")
+    __slots__ = ("backend", "combined", "down_since", "expiration_time", "kind", "name", "redis",
+                 "region")  # fmt: skip
 
     def __init__(self, name: str, region: Any):
         if isinstance(region, dict):
@@ -71,6 +72,8 @@ class RegionStore:
         self.kind = type(self.backend).__name__
         #: whether entries and versions can be read in one round trip (decided lazily)
         self.combined: bool | None = None
+        #: when (monotonic) a read or write of this region last began failing, or None
+        self.down_since: float | None = None
 
     def get(self, key: str) -> bytes | None:
         if self.redis is not None:
@@ -78,7 +81,8 @@ class RegionStore:
         value = self.backend.get_serialized(key)
         if value is NO_VALUE or value is None:
             return None
-        return value
+        raw: bytes = value
+        return raw
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """Several entries in one round trip (``MGET`` on Redis)."""

@@ -81,7 +81,7 @@ def _enc(value: Any) -> str | None:
     if t is int:
         return str(value)
     if t is uuid.UUID:
-        return "u" + value.hex
+        return f"u{value.hex}"
     return None
 
 

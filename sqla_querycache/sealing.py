@@ -138,7 +138,7 @@ class Encrypted:
         aad = ENCRYPTED + _bound(key)
         for cipher in self._ciphers:
             try:
-                return cipher.decrypt(nonce, body, aad)  # type: ignore[no-any-return]
+                return cipher.decrypt(nonce, body, aad)
             except self._invalid:
                 continue
         raise CorruptEntry("entry does not decrypt (forged, altered or moved)")
@@ -148,15 +148,15 @@ class Encrypted:
         return f"encrypted AES-256-GCM ({n} secret{'s' if n > 1 else ''})"
 
 
-def _material(value: Any, where: str) -> bytes:
-    if isinstance(value, str):
-        value = value.encode()
-    elif isinstance(value, (bytes, bytearray)):
-        value = bytes(value)
+def _material(given: Any, where: str) -> bytes:
+    if isinstance(given, str):
+        value = given.encode()
+    elif isinstance(given, (bytes, bytearray)):
+        value = bytes(given)
     else:
         raise ConfigurationError(
             f"{where} must be bytes or str (or a list of them, newest first), "
-            f"got {type(value).__name__}"
+            f"got {type(given).__name__}"
         )
     if len(value) < MIN_SECRET_BYTES:
         # never the value itself in the message: it is a secret, even a short one

@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
@@ -458,16 +459,14 @@ class _Ctx:
 # ------------------------------------------------------------ tree walking
 
 
-def _parse(code: str, ctx: _Ctx) -> exp.Expression:
+def _parse(code: str, ctx: _Ctx) -> exp.Expr:
     trees = [t for t in ctx.dialect.parse(_compact(code)) if t is not None]
     if len(trees) != 1 or isinstance(trees[0], exp.Command):
         raise _Unparseable(code)
     return trees[0]
 
 
-def _write_target(
-    target: exp.Expression | None, ctx: _Ctx, acc: _Acc, skip: set[int]
-) -> str | None:
+def _write_target(target: exp.Expr | None, ctx: _Ctx, acc: _Acc, skip: set[int]) -> str | None:
     """Record ``target`` as written (``@all`` if it names no table); not also as read."""
     name = _table_name(target, ctx) if isinstance(target, exp.Table) else None
     if name is None:
@@ -497,7 +496,7 @@ def _table_name(node: exp.Table, ctx: _Ctx, acc: _Acc | None = None) -> str | No
     return canonical(name, db, ctx.default_schema)
 
 
-def _cte_names(with_: exp.Expression, upto: exp.Expression | None) -> set[str]:
+def _cte_names(with_: exp.Expr, upto: exp.Expr | None) -> set[str]:
     names: set[str] = set()
     for cte in with_.expressions:
         if cte is upto:
@@ -511,7 +510,7 @@ def _is_cte_ref(node: exp.Table) -> bool:
     if node.args.get("db") is not None:
         return False
     name = node.name.lower()
-    child: exp.Expression = node
+    child: exp.Expr = node
     parent = child.parent
     while parent is not None:
         if isinstance(parent, exp.CTE) and isinstance(parent.parent, exp.With):
@@ -524,14 +523,18 @@ def _is_cte_ref(node: exp.Table) -> bool:
                 return False
             child, parent = owner, owner.parent  # the owner's WITH was just handled
             continue
-        with_ = parent.args.get("with_") or parent.args.get("with")
-        if isinstance(with_, exp.With) and child is not with_ and name in _cte_names(with_, None):
+        clause = parent.args.get("with_") or parent.args.get("with")
+        if (
+            isinstance(clause, exp.With)
+            and child is not clause
+            and name in _cte_names(clause, None)
+        ):
             return True
         child, parent = parent, parent.parent
     return False
 
 
-def _top_tables(node: exp.Expression | None) -> list[exp.Table]:
+def _top_tables(node: exp.Expr | None) -> list[exp.Table]:
     """Table references of a FROM-like clause, joins included, subqueries excluded."""
     out: list[exp.Table] = []
     stack = [node] if node is not None else []
@@ -548,7 +551,7 @@ def _top_tables(node: exp.Expression | None) -> list[exp.Table]:
     return out
 
 
-def _dml_targets(node: exp.Expression, ctx: _Ctx, acc: _Acc, skip: set[int]) -> None:
+def _dml_targets(node: exp.Expr, ctx: _Ctx, acc: _Acc, skip: set[int]) -> None:
     """Record what an INSERT/UPDATE/DELETE/MERGE/TRUNCATE node writes."""
     if node.this is None and node.find_ancestor(exp.Merge) is not None:
         return  # a MERGE's WHEN ... THEN UPDATE/INSERT/DELETE: the MERGE target is written
@@ -591,7 +594,7 @@ _SPECIAL_DATE_LITERALS = {
 }
 
 
-def _walk(root: exp.Expression, ctx: _Ctx, acc: _Acc, skip: set[int] | None = None) -> None:
+def _walk(root: exp.Expr, ctx: _Ctx, acc: _Acc, skip: set[int] | None = None) -> None:
     """Record every table read, DML write and impurity anywhere under ``root``."""
     skip = skip if skip is not None else set()
     fam = ctx.fam
@@ -601,9 +604,10 @@ def _walk(root: exp.Expression, ctx: _Ctx, acc: _Acc, skip: set[int] | None = No
     for node in root.walk():
         cls = type(node)
         if cls is exp.Table:
-            if id(node) in skip or _is_cte_ref(node):
+            table = cast(exp.Table, node)
+            if id(node) in skip or _is_cte_ref(table):
                 continue
-            name = _table_name(node, ctx, acc)
+            name = _table_name(table, ctx, acc)
             if name is not None:
                 acc.reads.add(name)
         elif cls is exp.Column:
@@ -627,7 +631,7 @@ def _walk(root: exp.Expression, ctx: _Ctx, acc: _Acc, skip: set[int] | None = No
             elif name not in builtins or isinstance(node.parent, exp.Dot):
                 acc.reads.add(ANY_TABLE)  # a user-defined function may read anything
         elif cls in _VOLATILE_CLASSES:
-            name = node.sql_name().lower()
+            name = cast(exp.Func, node).sql_name().lower()
             acc.impure("sequence" if cls is exp.NextValueFor else f"volatile function {name}()")
         elif cls is exp.Literal:
             if date_literals and node.is_string and node.this.strip().lower() in date_literals:
@@ -689,7 +693,7 @@ def _ddl(code: str, toks: list[str], ctx: _Ctx, acc: _Acc) -> None:
         acc.reads.add(ANY_TABLE)
         return
     skip: set[int] = set()
-    targets: list[exp.Expression] = []
+    targets: list[exp.Expr | None] = []
     node_kind = str(tree.args.get("kind") or "").upper()
     if isinstance(tree, exp.Create):
         this = tree.this

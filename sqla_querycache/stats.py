@@ -25,7 +25,8 @@ import time
 import uuid
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, TypedDict
 
 log = logging.getLogger("sqla_querycache")
@@ -285,6 +286,8 @@ class Stats:
         self._flushed: dict[str, float] = {}
         #: held by a flush and by reset(): a reset never lands inside a flush
         self.flush_lock = threading.Lock()
+        self._tracing = 0  # DEBUG traces open, in any thread (ReadPath._traced)
+        self._trace = threading.local()
 
     # -- counting (called by the read and write paths)
 
@@ -308,8 +311,16 @@ class Stats:
             self._meta.setdefault(fp, meta)
         return row
 
+    def _note(self, counter: str, why: str) -> None:
+        """While a DEBUG trace is open in this thread: remember what was counted, and why."""
+        notes = getattr(self._trace, "notes", None)
+        if notes is not None:
+            notes.append((counter, why))
+
     def hit(self, region: str, plan: Any) -> None:
         """The hit path: two increments under one lock."""
+        if self._tracing:
+            self._note("hits", "")
         with self._lock:
             self._regions[region]["hits"] += 1
             row = self._stmts.get(plan.digest)
@@ -319,13 +330,19 @@ class Stats:
         if self.hooks.hit:
             _fire(self.hooks.hit, CacheEvent("hit", region, fingerprint(plan)))
 
-    def incr(self, region: str, counter: str, n: int = 1, plan: Any = None) -> None:
+    def incr(self, region: str, counter: str, n: int = 1, plan: Any = None,
+             why: str = "") -> None:  # fmt: skip
+        """Count; ``why`` (the reason, for the DEBUG line) is kept only while tracing."""
+        if self._tracing:
+            self._note(counter, why)
         with self._lock:
             self._regions[region][counter] += n
             if plan is not None and counter in _S:
                 self._row(region, plan)[_S[counter]] += n
 
-    def bypass(self, region: str, reason: str, plan: Any = None) -> None:
+    def bypass(self, region: str, reason: str, plan: Any = None, why: str = "") -> None:
+        if self._tracing:
+            self._note("bypassed", why or reason)
         with self._lock:
             c = self._regions[region]
             c["bypassed"] += 1
@@ -343,6 +360,8 @@ class Stats:
             _fire(self.hooks.miss, CacheEvent("miss", region, fingerprint(plan), tables, seconds))
 
     def stored(self, region: str, plan: Any, nbytes: int) -> None:
+        if self._tracing:
+            self._note("stores", "")
         with self._lock:
             c = self._regions[region]
             c["stores"] += 1
@@ -355,11 +374,28 @@ class Stats:
             event = CacheEvent("store", region, fingerprint(plan), tables, None, nbytes)
             _fire(self.hooks.store, event)
 
-    def error(self, region: str, err: BaseException | None = None, plan: Any = None) -> None:
-        self.incr(region, "errors", plan=plan)
+    def error(self, region: str, err: BaseException | None = None, plan: Any = None,
+              why: str = "") -> None:  # fmt: skip
+        self.incr(region, "errors", plan=plan, why=why)
         if self.hooks.error:
             _fire(self.hooks.error, CacheEvent("error", region, fingerprint(plan) if plan else None,
                                                error=err))  # fmt: skip
+
+    @contextmanager
+    def trace(self) -> Iterator[list[tuple[str, str]]]:
+        """Yield the (counter, reason) pairs this thread counts in the block (the
+        DEBUG line); when nobody traces, counting pays one attribute test."""
+        notes: list[tuple[str, str]] = []
+        before = getattr(self._trace, "notes", None)  # a load nested in a miss
+        self._trace.notes = notes
+        with self._lock:
+            self._tracing += 1
+        try:
+            yield notes
+        finally:
+            self._trace.notes = before
+            with self._lock:
+                self._tracing -= 1
 
     def table(self, name: str, counter: str, n: int = 1) -> None:
         t = table_of(name)

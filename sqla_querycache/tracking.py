@@ -45,8 +45,8 @@ def table_name(table: Any, default: str | None = None) -> str:
     if isinstance(table, str):
         schema, _, name = table.rpartition(".")
         return sqlscan.canonical(name, schema or None, default)
-    schema = getattr(table, "schema", None)
-    return sqlscan.canonical(str(getattr(table, "name", table)), schema, default)
+    table_schema: str | None = getattr(table, "schema", None)
+    return sqlscan.canonical(str(getattr(table, "name", table)), table_schema, default)
 
 
 def name_variants(name: str) -> set[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import math
 import os
 import secrets
@@ -22,6 +23,8 @@ import weakref
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
+
+log = logging.getLogger("sqla_querycache")
 
 
 def fresh_version() -> int:
@@ -492,8 +495,12 @@ class RedisVersions:
 
     def _ok(self) -> None:
         """A call succeeded: close the circuit; deliver at once what is owed."""
-        was_down = self._circuit.outage_began is not None
+        began = self._circuit.outage_began
+        was_down = began is not None
         self._circuit.ok()
+        if began is not None:
+            log.info("the Redis version store %s answers again "
+                     "(failing for %.1fs)", self._where(), time.monotonic() - began)  # fmt: skip
         self._retry_delay = RETRY_FIRST
         if was_down and (self._ends or self._cancels):
             self._arm_timer(0.0)
@@ -513,7 +520,8 @@ class RedisVersions:
         return [int(v) for v in raw]
 
     def read(self, names: Sequence[str], bind: Any = None) -> list[int] | None:
-        return self._lookup(None, names)[1]
+        versions: list[int] | None = self._lookup(None, names)[1]
+        return versions
 
     def read_with_entry(self, entry_client: Any, key: str, names: Sequence[str]) -> tuple[Any, Any]:
         """The entry and the versions in one round trip (a pipeline on one server).
@@ -935,6 +943,23 @@ class RedisVersions:
             raise
         except Exception as err:  # pragma: no cover - _call wraps everything
             raise Unavailable(repr(err)) from err
+
+    # -- the app-wide switch (QueryCache.disable_app_wide)
+
+    def get_switch(self) -> bool:
+        """Whether caching is disabled app-wide (raises on a Redis error)."""
+        return bool(self.client.exists(f"{self._tag}:disabled"))
+
+    def set_switch(self, disabled: bool) -> None:
+        """Disable (or enable again) caching for every process of this namespace."""
+        key = f"{self._tag}:disabled"
+        try:
+            if disabled:
+                self.client.set(key, str(time.time()))
+            else:
+                self.client.delete(key)
+        except Exception as err:
+            raise Unavailable(f"cannot set the app-wide switch: {err!r}") from err
 
     def check_boot(self) -> bool:
         """Run the boot check now; True if it found a new server (and reset the epoch)."""
@@ -1433,8 +1458,9 @@ def make_version_store(
     if _is_engine(spec):
         return SqlVersions(engine=spec)
     if redis_spec:
-        kw = {} if lease is None else {"lease": lease}
-        return RedisVersions(spec, namespace, require=require, **kw)
+        if lease is None:
+            return RedisVersions(spec, namespace, require=require)
+        return RedisVersions(spec, namespace, lease=lease, require=require)
     if isinstance(spec, str):  # never echo a URL: it may hold a password
         got = f"a {spec.split('://')[0]}:// URL" if "://" in spec else repr(spec[:40])
         raise ConfigurationError(

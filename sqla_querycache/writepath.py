@@ -177,10 +177,10 @@ class WritePath:
             ct.end_transaction()
         elif kind in ("commit_prepared", "rollback_prepared"):
             with _prepared_lock:
-                names = _prepared.pop(tracking.xid_of(statement), None)
+                prepared = _prepared.pop(tracking.xid_of(statement), None)
             if kind == "commit_prepared":
                 # prepared elsewhere (another connection or process): unknown tables
-                t = names if names is not None else (ALL_TABLES,)
+                t = prepared if prepared is not None else (ALL_TABLES,)
                 # no transaction to ride on: the Engine tells the store where to bump
                 ct.committing.append(self.begin_commit([*t, ANY_TABLE], conn.engine))
                 ct.settle_after = True
@@ -229,8 +229,8 @@ class WritePath:
             except Exception as err:
                 now_ = time.monotonic()
                 if deadline is None:
-                    self.cache._warn_once(("begin_write", type(err)), "version store failed: %r",
-                                          err)  # fmt: skip
+                    self.cache._warn(("begin_write", type(err)), "version store failed: %r",
+                                     err)  # fmt: skip
                     deadline = now_ + getattr(self.versions, "retry_window", 0.0)
                 if now_ >= deadline:
                     self.failed.add(t)  # bypassed here until a bump lands
@@ -251,7 +251,7 @@ class WritePath:
         try:
             self.versions.end_write(names)
         except Exception as err:
-            self.cache._warn_once(("end_write", type(err)), "version store failed: %r", err)
+            self.cache._warn(("end_write", type(err)), "version store failed: %r", err)
             self.failed.add(names, in_flight=True)
 
     def before_commit(self, conn: Any) -> None:
@@ -345,7 +345,7 @@ class WritePath:
         except ConfigurationError:
             raise  # a store that cannot know where to bump (sql store without a database)
         except Exception as err:  # fail open: remember and retry
-            self.cache._warn_once(("bump", type(err)), "version store bump failed: %r", err)
+            self.cache._warn(("bump", type(err)), "version store bump failed: %r", err)
             self.failed.add(names)
         self.cache._stats.written(names)
 

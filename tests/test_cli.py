@@ -245,7 +245,8 @@ def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
     args = {"regions": [], "entries": [], "versions": ["--tables", "tag"],
             "invalidate": ["--tables", "tag"], "stats": [], "top": ["--once"],
             "show": [key], "identity": [],
-            "exporter": ["--port", str(_free_port()), "--seconds", "0.1"]}  # fmt: skip
+            "exporter": ["--port", str(_free_port()), "--seconds", "0.1"],
+            "disable": [], "enable": []}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)
