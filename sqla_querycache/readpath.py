@@ -376,7 +376,8 @@ class ReadPath:
                 stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
-            stats.bypass(region_name, "unavailable", plan, why="tables being written, or store down")
+            stats.bypass(region_name, "unavailable", plan,
+                         why="tables being written, or store down")  # fmt: skip
             return None
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
