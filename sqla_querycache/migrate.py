@@ -45,7 +45,7 @@ from typing import Any
 
 from sqlalchemy import event, inspect
 
-from . import keys, rows, tracking
+from . import rows, tracking
 from .versions import SQL_TABLE, make_version_store
 
 log = logging.getLogger("sqla_querycache")
@@ -201,7 +201,7 @@ def invalidating(
     finally:
         event.remove(connection, "before_cursor_execute", on_execute)
     if written and versions is not None:
-        names = rows.with_rows(written | {keys.ANY_TABLE})
+        names = rows.with_rows(written | {tracking.ANY_TABLE})
         invalidate = getattr(versions, "invalidate", None)
         if invalidate is not None:  # a QueryCache
             invalidate(tables=names)

@@ -212,3 +212,43 @@ def test_expiration_is_checked_by_the_extension(memcached_url: str, sqlite_engin
     finally:
         counter.close()
         cache.uninstall()
+
+
+def test_memcached_hung(sqlite_engine: Any) -> None:
+    """A server that accepts connections and never answers: reads wait TIMEOUT, not forever."""
+    from sqla_querycache import memcached
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)  # the kernel completes the handshakes; nobody reads
+        cache = QueryCache(regions={"default": memcached_region(
+            f"127.0.0.1:{server.getsockname()[1]}")})  # fmt: skip
+        maker = sessionmaker(sqlite_engine)
+        cache.install(maker)
+        try:
+            started = time.monotonic()
+            for _ in range(3):
+                assert read(maker) == truth(sqlite_engine)
+            elapsed = time.monotonic() - started
+            # the first read waits out the timeouts; then the server is left alone
+            assert elapsed < 3 * 2 * memcached.TIMEOUT + 2, elapsed
+            assert cache.stats()["default"]["errors"] >= 1
+        finally:
+            cache.uninstall()
+
+
+def test_items_expire_in_memcached(memcached_url: str) -> None:
+    """Every item is set with the region's expiration time (+1 s) as its memcached expiry."""
+    from pymemcache.client.base import Client
+
+    from sqla_querycache.regions import RegionStore
+
+    store = RegionStore("default", memcached_region(memcached_url, expiration_time=1))
+    assert type(store.backend).__name__ == "BoundedMemcached" and store.backend.expire == 2
+    store.set("qc-test-expiry", b"\x00raw bytes", None)
+    assert store.get("qc-test-expiry") == b"\x00raw bytes"
+    assert store.get_many(["qc-test-expiry", "qc-absent"]) == [b"\x00raw bytes", None]
+    raw = Client(memcached_url)
+    assert raw.get("qc-test-expiry") == b"\x00raw bytes"  # plain bytes: any client reads them
+    time.sleep(3.1)
+    assert raw.get("qc-test-expiry") is None  # gone from the server, not only stale
