@@ -81,5 +81,4 @@ def init() -> None:
     Base.metadata.create_all(engine)
     with SessionLocal() as s:
         s.add_all([Product(id=1, name="kettle", stock=3), Product(id=2, name="mug", stock=10)])
-        s.commit()
-    cache.invalidate(Product)  # the DDL above ran outside a session
+        s.commit()  # the cache is installed in this process: the DDL and these writes invalidate

@@ -114,7 +114,7 @@ async def init() -> None:
     async with Session() as s:
         s.add_all([Item(id=1, name="apple"), Item(id=2, name="banana")])
         await s.commit()
-    cache.invalidate(Item)  # these writes did not go through an installed session
+    cache.invalidate(Item)  # init() runs before install(): the cache did not see these writes
     cache.close()
     await engine.dispose()
 
