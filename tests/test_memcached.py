@@ -68,7 +68,9 @@ def memcached_region(url: str, **kw: Any) -> Any:
 
 
 @pytest.fixture()
-def mc(memcached_url: str, sqlite_engine: Any) -> Iterator[tuple[QueryCache, Any, StatementCounter]]:
+def mc(
+    memcached_url: str, sqlite_engine: Any
+) -> Iterator[tuple[QueryCache, Any, StatementCounter]]:
     from pymemcache.client.base import Client
 
     Client(memcached_url).flush_all()
@@ -138,8 +140,8 @@ def test_entry_too_large_for_memcached(memcached_url: str, sqlite_engine: Any) -
     cache.install(maker)
     counter = StatementCounter(sqlite_engine)
     big = "x" * (1_500_000)
-    stmt = select(literal(big).label("v"), m.Product.id).where(m.Product.id < 3).order_by(
-        m.Product.id
+    stmt = (
+        select(literal(big).label("v"), m.Product.id).where(m.Product.id < 3).order_by(m.Product.id)
     )
     try:
         for _ in range(2):
