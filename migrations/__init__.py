@@ -1,7 +1,10 @@
 """The alembic branch ``querycache``: tables of sqla_querycache's own.
 
-Use it standalone (``alembic -c migrations/alembic.ini upgrade querycache@head``)
-or add :func:`sqla_querycache.migration_location` to your own
-``version_locations``. It keeps its own version table
-(``querycache_alembic_version``) when run standalone.
+Installed as ``sqla_querycache.migrations``. In an application's alembic setup,
+add ``sqla_querycache.migrations:versions`` to ``version_locations`` in its
+``alembic.ini`` (``path_separator = space``) and use the hooks of
+:mod:`sqla_querycache.migrate` in its ``env.py``. Standalone, with a version
+table of its own (``querycache_alembic_version``)::
+
+    python -m sqla_querycache.migrate -x url=<database url> upgrade querycache@head
 """

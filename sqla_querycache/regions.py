@@ -19,7 +19,7 @@ from typing import Any
 from dogpile.cache import CacheRegion, make_region
 from dogpile.cache.api import NO_VALUE
 
-from . import codec
+from . import codec, memcached
 from .exc import ConfigurationError
 
 #: seconds an entry of a region without ``expiration_time`` lives in Redis
@@ -70,6 +70,8 @@ class RegionStore:
             except Exception:  # an unusual client: keep the backend's calls
                 self.redis = None
         self.kind = type(self.backend).__name__
+        # memcached: bounded timeouts and an expiry on every item (memcached.py)
+        self.backend = memcached.wrap(self.backend, self.expiration_time or DEFAULT_TTL)
         #: whether entries and versions can be read in one round trip (decided lazily)
         self.combined: bool | None = None
         #: when (monotonic) a read or write of this region last began failing, or None

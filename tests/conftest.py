@@ -64,6 +64,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if missing:
         terminalreporter.write_line(f"sqla_querycache: {missing} PostgreSQL/MariaDB cases skipped: "
                                     f"{SKIP_HINT}")  # fmt: skip
+    # memcached (tests/test_memcached.py) and the examples (tests/test_examples.py):
+    # one line per reason
+    reasons: dict[str, int] = {}
+    for rep in skipped:
+        longrepr = getattr(rep, "longrepr", "")
+        text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        for prefix in ("memcached cases skipped: ", "examples skipped: "):
+            if prefix in text:
+                reason = prefix + text.split(prefix, 1)[1]
+                reasons[reason] = reasons.get(reason, 0) + 1
+    for reason, n in reasons.items():
+        terminalreporter.write_line(f"sqla_querycache: {reason} ({n} tests)")
 
 
 # ------------------------------------------------------------------ Redis

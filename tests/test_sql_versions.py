@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from sqlalchemy import inspect, select, text, update
+from sqlalchemy import inspect, make_url, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from sqla_querycache import FromCache, QueryCache
@@ -167,3 +167,195 @@ def test_migration_hook_invalidates_what_it_touched(sqlite_engine):
     finally:
         counter.close()
         cache.uninstall()
+
+
+# ---------------------------------------------- an application's alembic setup
+# examples/alembic_sql (alembic.ini + env.py with the package's hooks), copied
+# into a temporary folder and run with the real alembic command line.
+
+EXAMPLE = os.path.join(ROOT, "examples", "alembic_sql")
+APP_TABLES = ("recipe", "alembic_version", "querycache_versions", "querycache_alembic_version")
+
+
+def clean(engine):
+    with engine.begin() as conn:
+        for name in APP_TABLES:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def app_db(request, tmp_path_factory):
+    from .conftest import _make_engine, db_url
+
+    url = db_url(request.param, tmp_path_factory)
+    if request.param == "postgresql":  # a schema of its own: autogenerate sees only the app's
+        base = _make_engine(url)
+        with base.begin() as conn:
+            conn.exec_driver_sql("CREATE SCHEMA IF NOT EXISTS qc_alembic")
+        base.dispose()
+        url = make_url(url).update_query_dict({"options": "-csearch_path=qc_alembic"})
+        url = url.render_as_string(hide_password=False)
+    eng = _make_engine(url)
+    clean(eng)
+    yield eng
+    clean(eng)
+    eng.dispose()
+
+
+def app_setup(tmp_path, revisions=True):
+    import shutil
+
+    dest = tmp_path / "app"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if not revisions:
+        for f in (dest / "migrations" / "versions").glob("*.py"):
+            f.unlink()
+    return dest
+
+
+def app_alembic(dest, engine, *args, versions="sql"):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-x", f"url={render(engine)}", "-x",
+         f"versions={versions}", *args],  # fmt: skip
+        capture_output=True, text=True, cwd=dest, env=env, timeout=120,
+    )
+
+
+def ok(out):
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def our_files():
+    return sorted(os.listdir(migration_location()))
+
+
+def test_the_branch_is_found_from_alembic_ini_version_locations(app_db, tmp_path):
+    """Trap (a): ``sqla_querycache.migrations:versions`` in alembic.ini (not env.py)."""
+    dest = app_setup(tmp_path)
+    heads = ok(app_alembic(dest, app_db, "heads")).stdout
+    assert "qc0001 (querycache)" in heads and "app0002" in heads
+    ok(app_alembic(dest, app_db, "upgrade", "heads"))
+    names = inspect(app_db).get_table_names()
+    assert {"querycache_versions", "recipe", "alembic_version"} <= set(names)
+    assert "querycache_alembic_version" not in names  # one version table: the app's
+
+
+def test_setting_the_location_from_env_py_is_too_late(app_db, tmp_path):
+    """Trap (a), the failing way: what the README now warns against."""
+    dest = app_setup(tmp_path)
+    ini = dest / "alembic.ini"
+    ini.write_text(ini.read_text().replace(" sqla_querycache.migrations:versions", ""))
+    env_py = dest / "migrations" / "env.py"
+    env_py.write_text(env_py.read_text().replace(
+        "config = context.config\n",
+        "config = context.config\nfrom sqla_querycache.migrate import migration_location\n"
+        "config.set_main_option('version_locations', "
+        "config.get_main_option('version_locations') + ' ' + migration_location())\n"))  # fmt: skip
+    ok(app_alembic(dest, app_db, "upgrade", "heads"))
+    assert "querycache_versions" not in inspect(app_db).get_table_names()
+
+
+def test_autogenerate_leaves_the_package_tables_alone(app_db, tmp_path):
+    """Trap (b): include_object; without it alembic would drop querycache_versions."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from sqla_querycache.migrate import include_object
+
+    sys.path.insert(0, EXAMPLE)
+    try:
+        from models import Base  # the example's metadata
+    finally:
+        sys.path.remove(EXAMPLE)
+    dest = app_setup(tmp_path)
+    ok(app_alembic(dest, app_db, "upgrade", "heads"))
+    with app_db.connect() as conn:
+        plain = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        hooked = compare_metadata(
+            MigrationContext.configure(conn, opts={"include_object": include_object}),
+            Base.metadata,
+        )
+    removed = [d[1].name for d in plain if d[0] == "remove_table"]
+    assert "querycache_versions" in removed  # the trap is real
+    assert hooked == []
+    out = ok(app_alembic(dest, app_db, "revision", "--autogenerate", "-m", "nothing"))
+    new = [f for f in (dest / "migrations" / "versions").glob("*nothing.py")]
+    assert len(new) == 1, out.stderr
+    assert "querycache" not in new[0].read_text()
+
+
+def test_the_apps_first_revision_goes_into_the_apps_folder(app_db, tmp_path):
+    """Trap (c): not into site-packages after qc0001, with and without --autogenerate."""
+    before = our_files()
+    dest = app_setup(tmp_path, revisions=False)
+    ok(app_alembic(dest, app_db, "upgrade", "heads"))  # the querycache branch only
+    ok(app_alembic(dest, app_db, "revision", "--autogenerate", "-m", "first"))
+    assert our_files() == before
+    versions = dest / "migrations" / "versions"
+    (first,) = versions.glob("*first.py")
+    text_ = first.read_text()
+    assert "down_revision = None" in text_ and "op.create_table('recipe'" in text_
+    assert "querycache_versions" not in text_
+    ok(app_alembic(dest, app_db, "upgrade", "heads"))
+    assert "recipe" in inspect(app_db).get_table_names()
+    ok(app_alembic(dest, app_db, "revision", "-m", "second"))  # plain: two heads now
+    (second,) = versions.glob("*second.py")
+    first_id = first.name.split("_")[0]
+    assert f"down_revision = {first_id!r}" in second.read_text()
+    assert our_files() == before
+    heads = ok(app_alembic(dest, app_db, "heads")).stdout
+    assert "qc0001 (querycache)" in heads and second.name.split("_")[0] in heads
+
+
+def test_app_branch_before_the_querycache_branch_with_the_sql_store(app_db, tmp_path):
+    """Trap (d): the migration exits 0 with a warning; reads bypass until the table exists."""
+    dest = app_setup(tmp_path)
+    out = ok(app_alembic(dest, app_db, "upgrade", "app@head"))
+    assert "querycache_versions does not exist yet" in out.stderr
+    assert "querycache_versions" not in inspect(app_db).get_table_names()
+    with app_db.begin() as conn:
+        conn.execute(text("INSERT INTO recipe (id, title) VALUES (1, 'soup')"))
+    cache = QueryCache(regions={"default": {"backend": "dogpile.cache.memory"}}, versions="sql")
+    maker = sessionmaker(app_db)
+    cache.install(maker)
+    from sqlalchemy import Column, Integer, MetaData, String, Table
+
+    recipe = Table("recipe", MetaData(), Column("id", Integer, primary_key=True),
+                   Column("title", String(100)))  # fmt: skip
+    titles = select(recipe.c.title).order_by(recipe.c.id).options(FromCache())
+    try:
+        for _ in range(2):  # no table: bypassed, never an error
+            with maker() as s:
+                assert s.scalars(titles).all() == ["soup"]
+        st = cache.stats()["default"]
+        assert st["bypassed"] == 2 and st["hits"] == st["stores"] == 0
+        with maker() as s:
+            s.execute(text("UPDATE recipe SET title = 'stew'"))
+            s.commit()  # the bump fails open
+        ok(app_alembic(dest, app_db, "upgrade", "heads"))
+        counter = StatementCounter(app_db)
+        for expected_sql in (1, 0):  # the cache works once the table exists
+            mark = counter.count
+            with maker() as s:
+                assert s.scalars(titles).all() == ["stew"]
+            assert counter.since(mark) == expected_sql
+        counter.close()
+    finally:
+        cache.uninstall()
+
+
+def test_standalone_branch_runs_from_an_installed_package(app_db, tmp_path):
+    """``python -m sqla_querycache.migrate``: no source checkout, any working directory."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    for args in (["upgrade", "querycache@head"], ["current"]):
+        out = subprocess.run(
+            [sys.executable, "-m", "sqla_querycache.migrate", "-x", f"url={render(app_db)}", *args],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+        )
+        ok(out)
+    assert "qc0001" in out.stdout
+    assert {"querycache_versions", "querycache_alembic_version"} <= set(
+        inspect(app_db).get_table_names()
+    )
