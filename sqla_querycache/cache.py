@@ -251,6 +251,14 @@ class QueryCache:
             except Exception as err:
                 problems.append(f"region {name!r} ({store.kind}) does not answer: {err!r}")
         try:
+            # an explicit probe: not refused by a cool-down (Redis: the store's
+            # breaker; "sql": one per database it knows)
+            vstore: Any = self.versions
+            sources = getattr(vstore, "_sources", None)
+            for c in [getattr(vstore, "_circuit", None),
+                      *(src.circuit for src in (sources or {}).values())]:  # fmt: skip
+                if c is not None:
+                    c.down_until = 0.0
             if hasattr(self.versions, "check"):
                 self.versions.check()
             elif getattr(self.versions, "needs_bind", False):

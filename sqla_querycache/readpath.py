@@ -695,7 +695,7 @@ class ReadPath:
         where the siblings' own lazy loads find them without SQL.
         """
         from sqlalchemy import tuple_
-        from sqlalchemy.orm import attributes
+        from sqlalchemy.orm.base import LoaderCallableStatus, PassiveFlag
         from sqlalchemy.orm.relationships import RelationshipProperty
 
         session = orm_state.session
@@ -713,8 +713,8 @@ class ReadPath:
         for state in list(idmap.all_states()):
             if state is parent or state.manager is not parent.manager or prop.key in state.dict:
                 continue
-            ident = strategy._get_ident_for_use_get(session, state, attributes.PASSIVE_NO_FETCH)
-            if any(v is None or v is attributes.PASSIVE_NO_RESULT for v in ident):
+            ident = strategy._get_ident_for_use_get(session, state, PassiveFlag.PASSIVE_NO_FETCH)
+            if any(v is None or v is LoaderCallableStatus.PASSIVE_NO_RESULT for v in ident):
                 continue
             ident = tuple(ident)
             if target.identity_key_from_primary_key(ident, token) in idmap:
@@ -726,7 +726,8 @@ class ReadPath:
             return
         get_params = target._get_clause[1]
         pkeys = [get_params[col].key for col in target.primary_key]
-        own = orm_state.parameters or {}
+        given = orm_state.parameters
+        own: dict[str, Any] = dict(given) if isinstance(given, dict) else {}
         cache_ = self.cache
         probes = []
         idents = []
@@ -815,9 +816,9 @@ class ReadPath:
         for i, (orm_state, region, key, names, plan, ttl) in enumerate(probes):
             versions = current[:k] + [by_name[n] for n in names]
             entry = self.memo.get((region.name, key))
-            result, versions = self._use(orm_state, region, key, names, plan, ttl, False, entry,
-                                         raws.get(i), versions)  # fmt: skip
-            out[i] = (result, versions) if keep_versions else result
+            result, seen = self._use(orm_state, region, key, names, plan, ttl, False, entry,
+                                     raws.get(i), versions)  # fmt: skip
+            out[i] = (result, seen) if keep_versions else result
         return out
 
     def _learn(self, plan: keys.Plan, seen: Any) -> None:
