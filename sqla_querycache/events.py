@@ -92,6 +92,7 @@ def _track(target: Any, add: bool) -> None:
     else:
         _targets.remove(target)
     _covered.clear()
+    _warned.clear()  # once per class while the installations stay as they are
     needed = bool(_targets) and Session not in _targets
     listening = event.contains(Session, "do_orm_execute", _check_installed)
     if needed and not listening:

@@ -54,6 +54,7 @@ cache = QueryCache(
         "nowhere": make_region().configure("dogpile.cache.null"),
     },
     versions=REDIS,
+    namespace="qccli",  # its own app-wide counters, whatever other caches of the run left
 ).install(Session)
 
 
@@ -186,7 +187,7 @@ def test_regions_lists_every_region_with_its_entry_count(app: Any, tmp_path: Pat
 def test_entries_lists_keys_sizes_and_validity(app: Any, tmp_path: Path) -> None:
     rows = table(ok(tmp_path, "entries", "--region", "default"))
     assert len(rows) == 3
-    assert all(r["key"].startswith("qc:q:default:") and len(r["key"]) == 45 for r in rows)
+    assert all(r["key"].startswith("qccli:q:default:") and len(r["key"]) == 48 for r in rows)
     assert sorted(r["tables"] for r in rows) == ["category", "customer", "product"]
     assert all(r["valid"] == "True" for r in rows)
     assert all(re.fullmatch(r"\d+ B", r["bytes"]) for r in rows)
@@ -410,7 +411,7 @@ def test_show_one_entry(app: Any, tmp_path: Path) -> None:
     assert "@all" in row["depends_on"] and "product" in row["depends_on"]
     text = ok(tmp_path, "show", key, "--show-params")
     assert re.search(r"^params\s+5$", text, re.M) and re.search(r"^valid\s+True$", text, re.M)
-    proc = run(tmp_path, "show", "qc:q:default:" + "0" * 32)
+    proc = run(tmp_path, "show", "qccli:q:default:" + "0" * 32)
     assert proc.returncode == 1 and "no entry" in proc.stderr
     proc = run(tmp_path, "show", "nonsense")
     assert proc.returncode == 1 and "is not an entry key" in proc.stderr
