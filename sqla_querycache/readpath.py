@@ -1066,7 +1066,15 @@ def _pk_load(orm_state: ORMExecuteState) -> Any:
     subject = getattr(stmt, "_propagate_attrs", {}).get("plugin_subject")
     mapper = getattr(subject, "mapper", None)
     get_clause = getattr(mapper, "_get_clause", None)
-    return mapper if get_clause is not None and crit[0] is get_clause[0] else None
+    if get_clause is None:
+        return None
+    clause = get_clause[0]
+    if crit[0] is clause:
+        return mapper
+    # SQLAlchemy 2.0 annotates a copy of it for each load (_orm_adapt)
+    if getattr(crit[0], "_annotations", None) and crit[0].compare(clause):
+        return mapper
+    return None
 
 
 def _identity_load(orm_state: ORMExecuteState) -> bool:
