@@ -776,11 +776,8 @@ class ReadPath:
             row = by_ident.get(ident)
             if row is None or not observed.issubset(n):
                 continue  # no such row (not stored: an INSERT names none), or read more
-            ins = rows.inserts(rk.table)
-            keep = [i for i, name in enumerate(n) if name != ins]
-            kk = len(versions) - len(n)
-            kept_versions = versions[:kk] + [versions[kk + i] for i in keep]
-            self._store(region, k, tuple(n[i] for i in keep), kept_versions, plan, shape, [row],
+            found_n, found_v = _found_row(rk, n, versions)
+            self._store(region, k, found_n, found_v, plan, shape, [row],
                         preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
@@ -907,12 +904,7 @@ class ReadPath:
             # its own table's rows are versioned by name (rows.RowKey.names)
             observed = observed - {rk.table}
             if rk.kind == "row" and frozen.data:
-                # a row found depends on it alone; "no such row" on inserts too
-                ins = rows.inserts(rk.table)
-                keep = [i for i, n in enumerate(names) if n != ins]
-                k = len(versions) - len(names)  # a store's own values first (epoch)
-                versions = versions[:k] + [versions[k + i] for i in keep]
-                names = tuple(names[i] for i in keep)
+                names, versions = _found_row(rk, names, versions)
         if not observed.issubset(names):
             # it read tables whose versions were not read before it ran: not
             # storable now (I2); the next lookup reads them too
@@ -1048,6 +1040,17 @@ def _identity_class(orm_state: ORMExecuteState) -> str | None:
     subject = getattr(orm_state.statement, "_propagate_attrs", {}).get("plugin_subject")
     cls = getattr(subject, "class_", None)
     return cls.__name__ if cls is not None else None
+
+
+def _found_row(
+    rk: rows.RowKey, names: tuple[str, ...], versions: list[int]
+) -> tuple[tuple[str, ...], list[int]]:
+    """The names and versions an entry that found its row keeps: a row found
+    depends on it alone; only "no such row" depends on inserts (``t@ins``)."""
+    ins = rows.inserts(rk.table)
+    keep = [i for i, n in enumerate(names) if n != ins]
+    k = len(versions) - len(names)  # a store's own values first (the epoch)
+    return tuple(names[i] for i in keep), versions[:k] + [versions[k + i] for i in keep]
 
 
 def _lazy_parent(orm_state: ORMExecuteState) -> Any:
