@@ -818,6 +818,11 @@ class RedisVersions:
         """
         delay = 0.01
         first = True
+        # never past ``lease`` from this commit's first failure either: other
+        # threads' successes (reads, the heartbeat) restart the outage clock,
+        # and a store that answers them but keeps refusing this write must
+        # not hold the commit for good
+        cap = None
         while True:
             try:
                 if not first:
@@ -826,7 +831,10 @@ class RedisVersions:
                 self.begin_write(names, conn)
                 return True
             except Exception:
-                remaining = self.commit_wait_remaining()
+                now = time.monotonic()
+                if cap is None:
+                    cap = now + self.lease
+                remaining = min(self.commit_wait_remaining(), cap - now)
                 if remaining <= 0:
                     return False
                 time.sleep(min(delay, remaining))

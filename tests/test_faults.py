@@ -368,6 +368,45 @@ def test_commit_waits_at_most_lease_from_the_outage_start(stores):
     assert store.commit_wait_remaining() == 0.0
 
 
+def test_commit_wait_is_capped_when_other_calls_keep_succeeding(target, stores):
+    """A store that answers reads (which close the circuit and restart the
+    outage clock) but refuses this commit's mark: the commit still waits at
+    most ``lease`` from its own first failure, then goes on unmarked."""
+    store = stores(f"redis://{target[0]}:{target[1]}/{DB}", lease=1.0, cooldown=0.01)
+    store.read(NAMES)
+    real = store.begin_write
+
+    def refused(names, conn=None):  # the server refuses this write (as under OOM)
+        store._circuit.failed()
+        raise Unavailable("version store write failed: refused")
+
+    store.begin_write = refused
+    reads = [0]
+    stop = threading.Event()
+
+    def reader():  # real round trips that succeed: each one closes the circuit
+        while not stop.is_set():
+            try:
+                if store.read(NAMES):
+                    reads[0] += 1
+            except Unavailable:  # the cool-down after a refused mark
+                pass
+            time.sleep(0.005)
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    try:
+        t = time.monotonic()
+        assert store.mark_for_commit(("product",)) is False
+        took = time.monotonic() - t
+    finally:
+        stop.set()
+        th.join(5)
+    store.begin_write = real
+    assert reads[0] > 10  # the outage clock was restarted many times meanwhile
+    assert 0.9 <= took <= 2.0, took
+
+
 def test_commit_marks_at_once_when_redis_answers_again(proxy, stores):
     store = stores(url_of(proxy), lease=5.0, cooldown=2.0)
     store.read(NAMES)
