@@ -21,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 log = logging.getLogger("sqla_querycache")
@@ -130,6 +130,8 @@ class Unavailable(Exception):
 TIMEOUT = 0.5
 #: the longest lease accepted: a commit in an outage may wait that long
 MAX_LEASE = 3600.0
+#: a failure faster than this (s) was a connection closed meanwhile, not the server away
+FAST_FAILURE = 0.05
 #: the retry timer of undelivered post-commit halves: first delay, cap
 RETRY_FIRST, RETRY_CAP = 0.02, 0.5
 
@@ -484,7 +486,8 @@ class RedisVersions:
         conn.read_response()
 
     def _call(self, script: Any, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        self._circuit.check()
+        if not getattr(self._local, "probing", False):  # the commit path asks anyway
+            self._circuit.check()
         try:
             out = script(keys=keys, args=args, client=client)
         except Exception as err:
@@ -650,7 +653,8 @@ class RedisVersions:
         ticket = _Ticket(ends, lua, names, token, cancels)
         local = self._local
         try:
-            self._circuit.check()  # refused: not a failure, nothing was sent
+            if not getattr(local, "probing", False):
+                self._circuit.check()  # refused: not a failure, nothing was sent
         except Unavailable as err:
             self._resolve(ticket, err)
             return ticket
@@ -811,34 +815,52 @@ class RedisVersions:
         """The commit path's whole pre-commit step: True if ``names`` are marked.
 
         Tries :meth:`begin_write`; while the store fails, retries (backing off,
-        at most 0.25 s apart, bypassing the cool-down) until
-        :meth:`commit_wait_remaining` is 0, then returns False: the caller
-        commits, queues a bump for the tables and bypasses them until it
-        lands. Never raises.
+        at most 0.25 s apart) until :meth:`commit_wait_remaining` is 0, then
+        returns False: the caller commits, queues a bump for the tables and
+        bypasses them until it lands. Never raises.
+
+        Every attempt asks the server itself (:meth:`_probe`): the circuit's
+        cool-down is no evidence that the store is away. A commit that gave up
+        on a cool-down while other processes reached the store again (and made
+        a fresh epoch) would let them serve the rows it changed.
         """
         delay = 0.01
-        first = True
         # never past ``lease`` from this commit's first failure either: other
         # threads' successes (reads, the heartbeat) restart the outage clock,
         # and a store that answers them but keeps refusing this write must
         # not hold the commit for good
         cap = None
         while True:
-            try:
-                if not first:
-                    self._circuit.down_until = 0.0  # a probe: the commit waits anyway
-                first = False
-                self.begin_write(names, conn)
+            if self._probe(lambda: self.begin_write(names, conn)):
                 return True
-            except Exception:
-                now = time.monotonic()
-                if cap is None:
-                    cap = now + self.lease
-                remaining = min(self.commit_wait_remaining(), cap - now)
-                if remaining <= 0:
-                    return False
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.25)
+            now = time.monotonic()
+            if cap is None:
+                cap = now + self.lease
+            remaining = min(self.commit_wait_remaining(), cap - now)
+            if remaining <= 0:
+                return False
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.25)
+
+    def _probe(self, attempt: Callable[[], Any]) -> bool:
+        """Run ``attempt`` against the server now, cool-down or not: True if it
+        succeeded. A fast failure (a connection closed meanwhile by the server
+        or a proxy: a reset, a broken pipe; not a timeout) is tried once more,
+        on a fresh connection."""
+        local = self._local
+        local.probing = True  # _send_script skips the circuit's check
+        try:
+            for _ in range(2):
+                began = time.monotonic()
+                try:
+                    attempt()
+                    return True
+                except Exception:
+                    if time.monotonic() - began > FAST_FAILURE:
+                        return False
+            return False
+        finally:
+            local.probing = False
 
     def settle_unmarked(self, names: Sequence[str]) -> bool:
         """After a commit made without a mark (``mark_for_commit`` returned False).
@@ -847,16 +869,20 @@ class RedisVersions:
         store may have come back while the commit ran, and readers may have
         stored old rows under a fresh epoch meanwhile); otherwise the bump is
         owed and delivered by this store as soon as it answers (timer,
-        heartbeat, next call). True if it landed now. Never raises.
+        heartbeat, next call). True if it landed now. Never raises. Like
+        :meth:`mark_for_commit`, it asks the server itself, cool-down or not.
         """
         self.end_write(tuple(names))
-        try:
+
+        def deliver() -> None:
             self.flush()
             pending = getattr(self._local, "pending", None)
-            if pending:
-                return self._wait_quiet(pending[-1]) and not self.owed()
-            return not self.owed()
-        except Exception:
+            if (pending and not self._wait_quiet(pending[-1])) or self.owed():
+                raise Unavailable("version store write failed")
+
+        try:
+            return self._probe(deliver)
+        except Exception:  # a bug guard: the contract says it never raises
             return False
 
     def end_write(self, names: Sequence[str]) -> None:
