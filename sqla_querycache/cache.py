@@ -22,6 +22,7 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
+from .explain import Explanation
 from .hydrate import mapper_of
 from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
@@ -438,6 +439,21 @@ class QueryCache:
                     obj = session.get(entity, ids[i], execution_options=options, **get_kw)
                 found[i] = obj
         return [obj for obj in found if obj is not None]
+
+    def explain(self, statement: Any, session_or_bind: Any = None) -> Explanation:
+        """Would ``statement`` be cached? Its region, key, tables, and why not.
+
+        Runs the read path's own decision (region, plan, key, the connection's
+        rules) through ``session.execute`` without sending the statement to the
+        database and without counting; returns an :class:`~.explain.Explanation`.
+        ``session_or_bind``: the session it would run on (its transaction's
+        writes and snapshot count: ``bypass``), or an Engine/Connection (a
+        fresh session of the installed class); default: a fresh session of the
+        installed sessionmaker. Like the query, it autoflushes the session.
+        """
+        from .explain import explain
+
+        return explain(self, statement, session_or_bind)
 
     def invalidate_region(self, name: str) -> None:
         """Invalidate every entry of one region, in every process sharing the versions."""

@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args._json:
         print(mask(json.dumps(rows, indent=2, default=str)))
-    elif args._name == "show":
+    elif args._name in ("show", "explain"):
         _render_record(rows[0])
     elif cmd.render is not None:
         cmd.render(rows)

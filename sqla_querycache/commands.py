@@ -418,6 +418,56 @@ def invalidate(
     return [{"invalidated": what} for what in done]
 
 
+def _namespace_of(cache: QueryCache, module: str | None) -> dict[str, Any]:
+    """The globals of ``module``, or of the module that holds ``cache`` (the app's)."""
+    import importlib
+
+    if module:
+        return dict(vars(importlib.import_module(module)))
+    for mod in list(sys.modules.values()):
+        try:
+            values = vars(mod).values()
+            if any(v is cache for v in values):
+                return dict(vars(mod))
+        except Exception:  # a module without a __dict__, or one that refuses
+            continue
+    return {}
+
+
+def explain(
+    cache: QueryCache, expression: str, module: str | None = None, url: str | None = None
+) -> Rows:
+    """Would a statement be cached? Its region, key, tables, and why not (nothing is run).
+
+    :param expression: a Python expression giving the statement, evaluated in the
+        namespace of the application module holding the cache, e.g.
+        "select(Product).where(Product.id == 3)"
+    :param module: evaluate in this module's namespace instead (package.module)
+    :param url: the database URL to plan it for (default: the installed
+        sessionmaker's bind)
+    """
+    import sqlalchemy
+
+    from . import options
+
+    namespace: dict[str, Any] = {
+        "select": sqlalchemy.select, "text": sqlalchemy.text, "sa": sqlalchemy,
+        "FromCache": options.FromCache, "NoCache": options.NoCache,
+    }  # fmt: skip
+    namespace.update(_namespace_of(cache, module))
+    try:
+        statement = eval(expression, namespace)  # the operator's own expression
+    except Exception as err:
+        raise QueryCacheError(f"cannot evaluate {expression!r}: {type(err).__name__}: {err}")
+    bind = _bind(url)
+    try:
+        found = cache.explain(statement, bind)
+    finally:
+        if bind is not None:
+            bind.dispose()
+    return [found.as_dict()]
+
+
 def disable(cache: QueryCache) -> Rows:
     """Disable caching app-wide: every process sharing the version store bypasses the
     cache within a second (writes still invalidate). Undo with ``enable``."""
@@ -509,6 +559,7 @@ COMMANDS: dict[str, Command] = {
     "versions": Command(versions),
     "invalidate": Command(invalidate),
     "identity": Command(identity),
+    "explain": Command(explain),
     "exporter": Command(exporter),
     "disable": Command(disable),
     "enable": Command(enable),
