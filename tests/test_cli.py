@@ -247,7 +247,8 @@ def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
             "invalidate": ["--tables", "tag"], "stats": [], "top": ["--once"],
             "show": [key], "identity": [],
             "exporter": ["--port", str(_free_port()), "--seconds", "0.1"],
-            "disable": [], "enable": []}  # fmt: skip
+            "disable": [], "enable": [],
+            "explain": ["select(models.Tag).options(FromCache())"]}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)
