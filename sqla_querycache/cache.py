@@ -26,8 +26,8 @@ from .explain import Explanation
 from .hydrate import mapper_of
 from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
-from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
 from .sqlshared import SqlShared
+from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
 from .versions import MAX_LEASE, SqlVersions, VersionStore
 from .versions import make_version_store as _make_version_store
 from .writepath import WritePath

@@ -227,8 +227,8 @@ class SqlShared:
         t = self.table
 
         def work(cursor: Any, dialect: Any) -> Any:
-            _execute(cursor, dialect, select(t.c.value).where(
-                t.c.namespace == self.namespace, t.c.kind == "w", t.c.name == "disabled"))  # fmt: skip
+            where = (t.c.namespace == self.namespace, t.c.kind == "w", t.c.name == "disabled")
+            _execute(cursor, dialect, select(t.c.value).where(*where))
             return cursor.fetchall()
 
         rows: Sequence[Any] = self._run(work)
