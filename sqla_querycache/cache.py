@@ -609,9 +609,12 @@ def _zero_region() -> dict[str, Any]:
     return row
 
 
-def _check_known(names: Iterable[str]) -> None:
-    """Raise :class:`UnknownTableError` for a name no remembered MetaData declares."""
+def _check_known(names: Iterable[str], also: Iterable[str] = ()) -> None:
+    """Raise :class:`UnknownTableError` for a name no remembered MetaData declares
+    (nor ``also``: names known elsewhere, the version store's)."""
     known: set[str] = set()
+    for name in also:
+        known |= tracking.name_variants(tracking.table_name(name))
     for md in list(tracking._metadata):
         for table in md.tables.values():
             known |= tracking.name_variants(tracking.table_name(table))
