@@ -89,12 +89,14 @@ def env(engine: Any) -> Any:
                        namespace="qcexplain").install(maker)  # fmt: skip
     logger = logging.getLogger("sqla_querycache")
     handler = Lines()
-    level = logger.level
+    level, disabled = logger.level, logger.disabled
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
+    logger.disabled = False  # an in-process alembic run's fileConfig may have disabled it
     yield engine, maker, cache, handler
     logger.removeHandler(handler)
     logger.setLevel(level)
+    logger.disabled = disabled
     cache.close()
 
 

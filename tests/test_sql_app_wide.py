@@ -222,6 +222,9 @@ def test_counts_wait_for_the_flusher_not_the_hit(sql_db: Any) -> None:
 
 
 def test_no_stats_table_costs_the_stats_not_the_cache(engine: Any, caplog: Any) -> None:
+    import logging
+
+    logging.getLogger("sqla_querycache").disabled = False  # see test_sql_versions
     store = SqlVersions()
     store.table.metadata.drop_all(engine)
     store.table.create(engine)  # only qc0001's table: qc0002 not migrated yet
