@@ -16,12 +16,12 @@ path), and the switch watcher reads one row per second. Both go through the
 version store's own small pool, in autocommit, with parameters bound by the
 driver. Their failures (the table not created yet, the database away) never
 open the version store's breaker: lookups are not affected; the flush keeps
-its counts for the next one and the watcher keeps what it knew.
+its counts for the next one and the watcher keeps what it knew; for
+``RETRY_SECONDS`` after a failure they do not try the database again.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,9 @@ STATS_TABLE = "querycache_stats"
 PROCESS_ROW_SECONDS = 86400.0
 #: at most this many rows per INSERT (SQLite's bound parameters)
 _BATCH = 100
+#: after a failure (the table not created yet, the database away), seconds during
+#: which flushes and switch reads fail at once instead of opening a connection
+RETRY_SECONDS = 10.0
 
 
 def stats_table(metadata: MetaData, name: str = STATS_TABLE) -> Table:
@@ -74,7 +77,8 @@ class SqlShared:
         self.table: Table = versions.stats_table
         self._registered: set[str] = set()
         self._pruned = 0.0
-        self._lock = threading.Lock()
+        #: monotonic time before which calls fail at once (after a failure)
+        self._down_until = 0.0
 
     # -- plumbing
 
@@ -88,10 +92,13 @@ class SqlShared:
         if src.pool is None:
             raise Unavailable(f"the sql version store cannot reach {src.where} on its own")
         src.circuit.check()  # the database is known to be away: do not wait for it
+        if time.monotonic() < self._down_until:
+            raise Unavailable(f"{self.table.name} failed less than {RETRY_SECONDS:g}s ago")
         try:
             conn = src.pool.connect()
         except Exception as err:
-            raise Unavailable(f"querycache_stats: cannot connect: {err!r}") from None
+            self._down_until = time.monotonic() + RETRY_SECONDS
+            raise Unavailable(f"{self.table.name}: cannot connect: {err!r}") from None
         try:
             cursor = conn.cursor()
             try:
@@ -104,6 +111,7 @@ class SqlShared:
                 cursor.close()
         except Exception as err:
             conn.invalidate()  # whatever state it is in (a transaction open), not reused
+            self._down_until = time.monotonic() + RETRY_SECONDS
             raise Unavailable(f"{self.table.name}: {err!r}") from None
         finally:
             conn.close()

@@ -241,6 +241,12 @@ def test_no_stats_table_costs_the_stats_not_the_cache(engine: Any, caplog: Any) 
         assert cache.flush_stats() is False  # kept for the next flush
         assert not cache.disabled_app_wide
         assert "app-wide stats not flushed" in caplog.text
+        store.stats_table.create(engine)  # qc0002 migrated: after the retry delay...
+        assert cache.flush_stats() is False  # ...not before (no connection a second)
+        cache._shared._down_until = 0.0  # the delay is over
+        assert cache.flush_stats() is True
+        app = cache.stats(scope="app")["default"]
+        assert (app["hits"], app["misses"]) == (2, 1)  # nothing lost meanwhile
     finally:
         cache.close()
         store.table.metadata.drop_all(engine)
