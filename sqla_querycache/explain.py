@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import UpdateBase
 
 from . import events
@@ -102,24 +102,22 @@ def _session_for(cache: QueryCache, session_or_bind: Any) -> tuple[Session, bool
         return session_or_bind, False
     inst = cache._installed
     assert inst is not None
+    target = inst._target  # a sessionmaker, or a Session class (the sync side of an async one)
     bind = session_or_bind
     if bind is not None:
         bind = getattr(bind, "sync_engine", None) or getattr(bind, "sync_connection", None) or bind
-    source = inst.source
-    target = inst._target
-    if bind is None:
-        kw = getattr(source, "kw", None) or {}
+    if isinstance(target, sessionmaker):
+        return (target(bind=bind) if bind is not None else target()), True
+    if bind is None:  # an async_sessionmaker keeps its AsyncEngine
+        kw = getattr(inst.source, "kw", None) or {}
         bind = kw.get("bind")
         bind = getattr(bind, "sync_engine", bind)
-        if bind is None:
-            raise ConfigurationError(
-                "explain() needs a session or a bind: the cache is installed on "
-                f"{target!r}, which has no bind of its own"
-            )
-    if hasattr(target, "kw") and not hasattr(source, "sync_session_class"):
-        return target(bind=bind), True  # a sessionmaker: its options, this bind
-    cls = target.class_ if hasattr(target, "class_") else target
-    return cls(bind=bind), True
+    if bind is None:
+        raise ConfigurationError(
+            "explain() needs a session or a bind: the cache is installed on "
+            f"{target!r}, which has no bind of its own"
+        )
+    return target(bind=bind), True
 
 
 def explain(cache: QueryCache, statement: Any, session_or_bind: Any = None) -> Explanation:
