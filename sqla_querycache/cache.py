@@ -22,11 +22,13 @@ from sqlalchemy.sql.elements import ClauseElement
 
 from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
+from .explain import Explanation
 from .hydrate import mapper_of
 from .readpath import PROBE_OPTION, ReadPath
 from .regions import RegionStore
+from .sqlshared import SqlShared
 from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
-from .versions import MAX_LEASE, VersionStore
+from .versions import MAX_LEASE, SqlVersions, VersionStore
 from .versions import make_version_store as _make_version_store
 from .writepath import WritePath
 
@@ -100,7 +102,7 @@ class QueryCache:
         ``[encrypt]``).
 
     :param stats_interval: seconds between two flushes of this process's
-        counters to the app-wide stats (Redis versions only; see
+        counters to the app-wide stats (Redis or "sql" versions; see
         :meth:`report`); 0 flushes only on :meth:`flush_stats`, reads and
         :meth:`close`.
     The environment variable ``SQLA_QUERYCACHE_DISABLED=1`` (read here)
@@ -196,12 +198,18 @@ class QueryCache:
             versions, namespace, lease=lease, require=require_versions
         )
         self._stats = Stats(self.regions)
-        #: app-wide counters: flushed to the versions' Redis (None with other stores)
+        #: app-wide counters and switch: the versions' Redis, or the "sql" store's
+        #: ``querycache_stats`` table (None with other stores)
         self._app_stats: AppStats | None = None
+        self._shared: Any = None
         client = getattr(self.versions, "client", None)
         if client is not None and hasattr(client, "pipeline"):
+            self._shared = self.versions
             self._app_stats = AppStats(self._stats, RedisStatsStore(client, namespace),
                                        stats_interval)  # fmt: skip
+        elif isinstance(self.versions, SqlVersions):
+            self._shared = SqlShared(self.versions, namespace)
+            self._app_stats = AppStats(self._stats, self._shared, stats_interval)
         self._info_key = f"_sqla_querycache_{id(self)}"
         self._installed: events.Installation | None = None
         self._warned: dict[Any, list[float]] = {}  # kind -> [next allowed, suppressed]
@@ -211,7 +219,7 @@ class QueryCache:
         self._reader = ReadPath(self)
         self._writer = WritePath(self)
         self._switch_stop = threading.Event()
-        if hasattr(self.versions, "get_switch"):  # shared: watch the app-wide switch
+        if self._shared is not None:  # shared: watch the app-wide switch
             _start_switch_watcher(self)
 
     # ------------------------------------------------------------ public API
@@ -315,9 +323,9 @@ class QueryCache:
         """Counters per region, table and statement, processes (a :class:`~.stats.Report`).
 
         ``scope="app"`` reads the sums every process flushed (every
-        ``stats_interval`` seconds) to the Redis of the version store; this
-        process flushes first. Needs Redis versions: else
-        :class:`~.exc.ConfigurationError`.
+        ``stats_interval`` seconds) to the shared version store (Redis hashes,
+        or the ``"sql"`` store's ``querycache_stats`` table); this process
+        flushes first. With ``"local"`` versions: :class:`~.exc.ConfigurationError`.
         """
         if scope == "process":
             return self._stats.report()
@@ -325,8 +333,9 @@ class QueryCache:
             raise ConfigurationError(f"scope must be 'process' or 'app', got {scope!r}")
         if self._app_stats is None:
             raise ConfigurationError(
-                "app-wide stats live in the Redis of the version store; this QueryCache's "
-                f"versions are {self.versions!r}: only scope='process' is available"
+                "app-wide stats live in the shared version store (Redis, or the \"sql\" "
+                f"store's querycache_stats table); this QueryCache's versions are "
+                f"{self.versions!r}: only scope='process' is available"
             )
         report = self._app_stats.read()
         for name in self.regions:  # configured regions show even at zero
@@ -439,6 +448,21 @@ class QueryCache:
                 found[i] = obj
         return [obj for obj in found if obj is not None]
 
+    def explain(self, statement: Any, session_or_bind: Any = None) -> Explanation:
+        """Would ``statement`` be cached? Its region, key, tables, and why not.
+
+        Runs the read path's own decision (region, plan, key, the connection's
+        rules) through ``session.execute`` without sending the statement to the
+        database and without counting; returns an :class:`~.explain.Explanation`.
+        ``session_or_bind``: the session it would run on (its transaction's
+        writes and snapshot count: ``bypass``), or an Engine/Connection (a
+        fresh session of the installed class); default: a fresh session of the
+        installed sessionmaker. Like the query, it autoflushes the session.
+        """
+        from .explain import explain
+
+        return explain(self, statement, session_or_bind)
+
     def invalidate_region(self, name: str) -> None:
         """Invalidate every entry of one region, in every process sharing the versions."""
         self._region(name)
@@ -477,9 +501,11 @@ class QueryCache:
     def disable_app_wide(self) -> None:
         """Make every process sharing the version store bypass the cache (within a second).
 
-        Writes still invalidate. The switch is a key in the shared store (Redis);
-        with the ``"local"`` store it is this process only. Not available with
-        the ``"sql"`` store (:class:`~.exc.ConfigurationError`).
+        Writes still invalidate. The switch lives in the shared store: a Redis
+        key, or a row of ``querycache_stats`` with the ``"sql"`` store (which
+        must know its database: ``versions=engine``, or a query ran); with the
+        ``"local"`` store it is this process only. Raises
+        :class:`~.versions.Unavailable` if the shared store does not take it.
         """
         self._set_app_wide(True)
 
@@ -488,14 +514,8 @@ class QueryCache:
         self._set_app_wide(False)
 
     def _set_app_wide(self, disabled: bool) -> None:
-        store: Any = self.versions
-        if hasattr(store, "set_switch"):
-            store.set_switch(disabled)
-        elif getattr(store, "needs_bind", False):
-            raise ConfigurationError(
-                f"the app-wide switch needs a Redis version store, not {store!r}: "
-                f"set {DISABLED_ENV}=1 and restart, or use cache.enabled = False"
-            )
+        if self._shared is not None:
+            self._shared.set_switch(disabled)
         self._switch(disabled)
 
     def _switch(self, disabled: bool) -> None:
@@ -589,9 +609,12 @@ def _zero_region() -> dict[str, Any]:
     return row
 
 
-def _check_known(names: Iterable[str]) -> None:
-    """Raise :class:`UnknownTableError` for a name no remembered MetaData declares."""
+def _check_known(names: Iterable[str], also: Iterable[str] = ()) -> None:
+    """Raise :class:`UnknownTableError` for a name no remembered MetaData declares
+    (nor ``also``: names known elsewhere, the version store's)."""
     known: set[str] = set()
+    for name in also:
+        known |= tracking.name_variants(tracking.table_name(name))
     for md in list(tracking._metadata):
         for table in md.tables.values():
             known |= tracking.name_variants(tracking.table_name(table))
@@ -618,7 +641,7 @@ def _start_switch_watcher(cache: QueryCache) -> None:
     """
     ref = weakref.ref(cache)
     stop = cache._switch_stop
-    store: Any = cache.versions
+    store: Any = cache._shared
 
     def watch() -> None:
         while True:

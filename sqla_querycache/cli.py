@@ -19,6 +19,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from . import commands
@@ -35,10 +36,73 @@ def mask(text: Any) -> str:
     return _PASSWORD.sub(r"\1***@", str(text))
 
 
-def load_cache(spec: str | None) -> QueryCache:
-    """``package.module:attribute`` -> the QueryCache object it names."""
+#: the table of pyproject.toml the CLI reads: ``cache = "package.module:attribute"``
+PYPROJECT_TABLE = "sqla_querycache"
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        tomllib: Any = importlib.import_module("tomllib")  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            tomllib = importlib.import_module("tomli")
+        except ImportError:
+            raise QueryCacheError(
+                f"found {path}, but reading it needs Python 3.11 or the tomli package "
+                f"(pip install tomli); or give --cache package.module:attribute / set QC_CACHE"
+            ) from None
+    try:
+        with open(path, "rb") as f:
+            data: dict[str, Any] = tomllib.load(f)
+    except Exception as err:
+        raise QueryCacheError(f"cannot read {path}: {err}") from None
+    return data
+
+
+def find_pyproject_cache(start: str | Path | None = None) -> tuple[str, Path] | None:
+    """``(spec, project directory)`` from ``[tool.sqla_querycache] cache = "..."`` in the
+    nearest pyproject.toml (walking up from ``start``, default the current directory)
+    that has that table; None if none has."""
+    here = Path(start if start is not None else os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        path = folder / "pyproject.toml"
+        if not path.is_file():
+            continue
+        table = _load_toml(path).get("tool", {}).get(PYPROJECT_TABLE)
+        if table is None:
+            continue
+        spec = table.get("cache") if isinstance(table, dict) else None
+        if not isinstance(spec, str) or not spec:
+            raise QueryCacheError(
+                f"{path}: [tool.{PYPROJECT_TABLE}] needs cache = \"package.module:attribute\""
+            )
+        return spec, folder
+    return None
+
+
+def resolve_cache_spec(given: str | None) -> tuple[str, Path | None]:
+    """The cache to load: ``--cache``, then ``$QC_CACHE``, then pyproject.toml."""
+    if given:
+        return given, None
+    env = os.environ.get("QC_CACHE")
+    if env:
+        return env, None
+    found = find_pyproject_cache()
+    if found is None:
+        raise QueryCacheError(
+            "which QueryCache? give --cache package.module:attribute, set QC_CACHE, or add "
+            f"[tool.{PYPROJECT_TABLE}] cache = \"package.module:attribute\" to pyproject.toml"
+        )
+    return found
+
+
+def load_cache(spec: str | None, root: str | Path | None = None) -> QueryCache:
+    """``package.module:attribute`` -> the QueryCache object it names (``root``: a
+    directory its package is imported from, as the project's pyproject.toml's)."""
     if not spec:
-        raise QueryCacheError("give --cache package.module:attribute (or set QC_CACHE)")
+        spec, root = resolve_cache_spec(spec)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise QueryCacheError(f"--cache must look like 'package.module:attribute', got {spec!r}")
@@ -87,10 +151,10 @@ def _add_command(sub: Any, name: str, cmd: commands.Command, common: Any) -> Non
     p = sub.add_parser(name, parents=[common], help=description.splitlines()[0],
                        description=description)  # fmt: skip
     if cmd.needs_cache:
-        p.add_argument("--cache", dest="_cache", default=os.environ.get("QC_CACHE"),
-                       metavar="MODULE:ATTR",
-                       help="the QueryCache to use, as package.module:attribute "
-                            "(default: $QC_CACHE)")  # fmt: skip
+        p.add_argument("--cache", dest="_cache", default=None, metavar="MODULE:ATTR",
+                       help="the QueryCache to use, as package.module:attribute (default: "
+                            "$QC_CACHE, else [tool.sqla_querycache] cache = ... in the "
+                            "nearest pyproject.toml)")  # fmt: skip
     params = list(inspect.signature(cmd.fn).parameters.values())
     for param in params[1:] if cmd.needs_cache else params:
         flag = "--" + param.name.replace("_", "-")
@@ -263,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kwargs = {k: v for k, v in vars(args).items() if not k.startswith("_")}
     try:
         if cmd.needs_cache:
-            rows = cmd.fn(load_cache(args._cache), **kwargs)
+            rows = cmd.fn(load_cache(*resolve_cache_spec(args._cache)), **kwargs)
         else:
             rows = cmd.fn(**kwargs)
         if cmd.stream:
@@ -275,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args._json:
         print(mask(json.dumps(rows, indent=2, default=str)))
-    elif args._name == "show":
+    elif args._name in ("show", "explain"):
         _render_record(rows[0])
     elif cmd.render is not None:
         cmd.render(rows)

@@ -226,6 +226,24 @@ def _bind(url: str | None) -> Any:
     return create_engine(url)
 
 
+#: engines made from --url for the "sql" store (it holds its databases weakly)
+_URL_ENGINES: list[Any] = []
+
+
+def _use_url(cache: QueryCache, url: str | None) -> None:
+    """``--url``: the database of a "sql" version store (which a CLI process, having
+    run no query, does not know otherwise unless ``versions=engine``)."""
+    store: Any = cache.versions
+    engine = _bind(url)
+    if engine is None:
+        engine = _default_bind(cache) if getattr(store, "needs_bind", False) else None
+        if engine is None:
+            return
+    if hasattr(store, "_source"):
+        _URL_ENGINES.append(engine)
+        store._source(engine)
+
+
 def identity(cache: QueryCache) -> Rows:
     """The identity region: row and collection entries per table, and this process's
     hits per class."""
@@ -258,10 +276,24 @@ def _row_level(name: str) -> tuple[str | None, str]:
     return None, ""
 
 
+def _default_bind(cache: QueryCache) -> Any:
+    """The database of a "sql" store: its own engine (``versions=engine``), or the bind
+    of the sessionmaker the cache is installed on; None if neither is known."""
+    store: Any = cache.versions
+    if getattr(store, "engine", None) is not None:
+        return store.engine
+    inst = cache._installed
+    kw = getattr(getattr(inst, "source", None), "kw", None) or {}
+    bind = kw.get("bind")
+    return getattr(bind, "sync_engine", bind)
+
+
 def _still_valid(cache: QueryCache, names: list[str], versions: list[int], bind: Any = None) -> Any:
     store = cache.versions
     if getattr(store, "needs_bind", False) and bind is None:
-        return "unknown (sql store: give --url)"
+        bind = _default_bind(cache)
+        if bind is None:
+            return "unknown (sql store: give --url)"
     try:
         current = store.read(names, bind) if bind is not None else store.read(names)
     except Exception as err:
@@ -280,6 +312,65 @@ def _known_tables(cache: QueryCache) -> list[str]:
     return sorted(cache.table_stats())
 
 
+def _stored_names(cache: QueryCache) -> list[str]:
+    """Names the shared version store holds (Redis keys, rows of the sql store's table)."""
+    store: Any = cache.versions
+    if isinstance(store, RedisVersions):
+        return _known_tables(cache)
+    if getattr(store, "needs_bind", False):
+        bind = _default_bind(cache)
+        targets = [bind] if bind is not None else []
+        from sqlalchemy import select
+
+        names: list[str] = []
+        for engine in targets + [e for e in _URL_ENGINES if e is not bind]:
+            try:
+                with engine.connect() as conn:
+                    names += [r[0] for r in conn.execute(select(store.table.c.name))]
+            except Exception:  # no table yet: nothing known from there
+                continue
+        return names
+    return []
+
+
+def _app_metadata(cache: QueryCache) -> list[Any]:
+    """The MetaData of the application module holding the cache (its declarative bases)."""
+    import types
+
+    from sqlalchemy import MetaData
+
+    out: list[Any] = []
+    namespace = _namespace_of(cache, None)
+    values = list(namespace.values())
+    for value in list(values):  # and one level down: ``from app import models``
+        if isinstance(value, types.ModuleType) and value.__name__ != "sqlalchemy":
+            values += list(vars(value).values())
+    for value in values:
+        try:
+            md = value if isinstance(value, MetaData) else getattr(value, "metadata", None)
+        except Exception:
+            continue
+        if isinstance(md, MetaData) and md not in out:
+            out.append(md)
+    return out
+
+
+def check_tables(cache: QueryCache, tables: list[str]) -> None:
+    """Raise :class:`~.exc.UnknownTableError` for a name that neither the
+    application's MetaData nor the version store knows, listing the known tables
+    (internal names such as ``@all`` never among them)."""
+    from . import tracking
+    from .cache import _check_known
+
+    for md in _app_metadata(cache):
+        tracking.remember_metadata(md)
+    try:
+        stored = _stored_names(cache)
+    except Exception:  # the store is down: the MetaData alone (invalidate() will say more)
+        stored = []
+    _check_known(tables, display_tables(stored))
+
+
 # ------------------------------------------------------------------ stats
 
 
@@ -289,14 +380,19 @@ def _report(cache: QueryCache, scope: str) -> Report:
     return cache.report(scope)
 
 
-def stats(cache: QueryCache, by: str = "region", scope: str = "app", limit: int = 50) -> Rows:
+def stats(
+    cache: QueryCache, by: str = "region", scope: str = "app", limit: int = 50,
+    url: str | None = None,
+) -> Rows:  # fmt: skip
     """Counters of every process (summed through the shared store): per region, table or
     statement.
 
     :param by: region, table, statement or process
-    :param scope: app (every process; needs Redis versions) or process (this one)
+    :param scope: app (every process; needs Redis or "sql" versions) or process (this one)
     :param limit: at most this many rows (statements: the most called first)
+    :param url: the application's database URL (for the "sql" version store)
     """
+    _use_url(cache, url)
     report = _report(cache, scope)
     return _rows(report, by)[:limit]
 
@@ -331,6 +427,7 @@ def top(
     iterations: int = 0,
     once: bool = False,
     limit: int = 20,
+    url: str | None = None,
 ) -> Iterator[Rows]:
     """A live view of every process's counters, refreshed: calls and hits per second since
     the last refresh.
@@ -340,7 +437,9 @@ def top(
     :param iterations: stop after this many refreshes (0: until Ctrl-C)
     :param once: one refresh (the totals), then stop
     :param limit: at most this many rows, the busiest first
+    :param url: the application's database URL (for the "sql" version store)
     """
+    _use_url(cache, url)
     if once:
         iterations = 1
     key = {"statement": "fingerprint", "table": "table", "region": "region"}.get(by)
@@ -394,13 +493,21 @@ def invalidate(
     tables: list[str] | None = None,
     region: str | None = None,
     everything: bool = False,
+    force: bool = False,
+    url: str | None = None,
 ) -> Rows:
     """Invalidate tables, a region, or everything, in every process sharing the versions.
 
-    :param tables: invalidate every entry that read these tables
+    :param tables: invalidate every entry that read these tables (each must be a table
+        of the application's MetaData or of the version store, unless --force)
     :param region: invalidate every entry of this region
     :param everything: invalidate every entry of every region
+    :param force: accept table names nothing knows (a table only the database has)
+    :param url: the application's database URL (for the "sql" version store)
     """
+    _use_url(cache, url)
+    if tables and not force:
+        check_tables(cache, tables)
     if everything:
         cache.invalidate_all()
         done = ["everything"]
@@ -408,7 +515,7 @@ def invalidate(
         cache.invalidate_region(region)
         done = [f"region {region}"]
     elif tables:
-        done = [n for n in cache.invalidate(tables=tables) if not n.startswith("@")]
+        done = display_tables(cache.invalidate(tables=tables, strict=False))
     else:
         raise ConfigurationError("say what to invalidate: --tables, --region or --everything")
     # QueryCache fails open and retries later; a one-shot caller must know now
@@ -418,15 +525,73 @@ def invalidate(
     return [{"invalidated": what} for what in done]
 
 
-def disable(cache: QueryCache) -> Rows:
+def _namespace_of(cache: QueryCache, module: str | None) -> dict[str, Any]:
+    """The globals of ``module``, or of the module that holds ``cache`` (the app's)."""
+    import importlib
+
+    if module:
+        return dict(vars(importlib.import_module(module)))
+    for mod in list(sys.modules.values()):
+        try:
+            values = vars(mod).values()
+            if any(v is cache for v in values):
+                return dict(vars(mod))
+        except Exception:  # a module without a __dict__, or one that refuses
+            continue
+    return {}
+
+
+def explain(
+    cache: QueryCache, expression: str, module: str | None = None, url: str | None = None
+) -> Rows:
+    """Would a statement be cached? Its region, key, tables, and why not (nothing is run).
+
+    :param expression: a Python expression giving the statement, evaluated in the
+        namespace of the application module holding the cache, e.g.
+        "select(Product).where(Product.id == 3)"
+    :param module: evaluate in this module's namespace instead (package.module)
+    :param url: the database URL to plan it for (default: the installed
+        sessionmaker's bind)
+    """
+    import sqlalchemy
+
+    from . import options
+
+    namespace: dict[str, Any] = {
+        "select": sqlalchemy.select, "text": sqlalchemy.text, "sa": sqlalchemy,
+        "FromCache": options.FromCache, "NoCache": options.NoCache,
+    }  # fmt: skip
+    namespace.update(_namespace_of(cache, module))
+    try:
+        statement = eval(expression, namespace)  # the operator's own expression
+    except Exception as err:
+        raise QueryCacheError(f"cannot evaluate {expression!r}: {type(err).__name__}: {err}")
+    bind = _bind(url)
+    try:
+        found = cache.explain(statement, bind)
+    finally:
+        if bind is not None:
+            bind.dispose()
+    return [found.as_dict()]
+
+
+def disable(cache: QueryCache, url: str | None = None) -> Rows:
     """Disable caching app-wide: every process sharing the version store bypasses the
-    cache within a second (writes still invalidate). Undo with ``enable``."""
+    cache within a second (writes still invalidate). Undo with ``enable``.
+
+    :param url: the application's database URL (for the "sql" version store)
+    """
+    _use_url(cache, url)
     cache.disable_app_wide()
     return [{"caching": "disabled app-wide", "versions": repr(cache.versions)}]
 
 
-def enable(cache: QueryCache) -> Rows:
-    """Enable caching app-wide again (after ``disable``), within a second."""
+def enable(cache: QueryCache, url: str | None = None) -> Rows:
+    """Enable caching app-wide again (after ``disable``), within a second.
+
+    :param url: the application's database URL (for the "sql" version store)
+    """
+    _use_url(cache, url)
     cache.enable_app_wide()
     return [{"caching": "enabled app-wide", "versions": repr(cache.versions)}]
 
@@ -509,6 +674,7 @@ COMMANDS: dict[str, Command] = {
     "versions": Command(versions),
     "invalidate": Command(invalidate),
     "identity": Command(identity),
+    "explain": Command(explain),
     "exporter": Command(exporter),
     "disable": Command(disable),
     "enable": Command(enable),

@@ -22,7 +22,7 @@ from sqlalchemy.pool import Pool
 from . import tracking
 from .exc import ConfigurationError
 from .options import FromCache
-from .readpath import is_select
+from .readpath import EXPLAIN_OPTION, Explained, is_select
 
 if TYPE_CHECKING:
     from .readpath import ReadPath
@@ -108,6 +108,8 @@ class Installation:
     def __init__(self) -> None:
         self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
         self._target: Any = None
+        #: what install() was given (a sessionmaker keeps its bind)
+        self.source: Any = None
 
     def listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
         event.listen(target, name, fn, **kw)
@@ -139,6 +141,8 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     def do_orm_execute(orm_state: Any) -> Any:
         if is_select(orm_state):
             return reader.on_execute(orm_state)
+        if EXPLAIN_OPTION in orm_state.execution_options:  # QueryCache.explain: never run it
+            raise Explained(None, not_select=True)
         return None
 
     def after_begin(session: Session, transaction: Any, connection: Any) -> None:
@@ -224,5 +228,12 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     inst.listen(Mapper, "before_update", before_row_write)
     inst.listen(Mapper, "before_delete", before_row_write)
     inst._target = session_target
+    inst.source = target
     _track(session_target, add=True)
     return inst
+
+
+def covers(inst: Installation, session: Any) -> bool:
+    """Do the listeners of ``inst`` see the statements of ``session``?"""
+    target = inst._target
+    return target is not None and isinstance(session, _class_of(target))

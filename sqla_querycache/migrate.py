@@ -22,11 +22,12 @@ In its ``env.py``::
             context.run_migrations()
 
 - :func:`include_object` keeps autogenerate away from the package's own tables
-  (without it, the first ``revision --autogenerate`` drops ``querycache_versions``);
+  (without it, the first ``revision --autogenerate`` drops ``querycache_versions``
+  and ``querycache_stats``);
 - :func:`process_revision_directives` puts every new revision of the
   application in the application's folder, on the application's head (without
   it, the application's first revision is written into the installed package,
-  after ``qc0001``);
+  after ``qc0002``);
 - :func:`invalidating` bumps every table the run wrote once it committed.
 
 Standalone, without an alembic setup of the application's:
@@ -46,6 +47,7 @@ from typing import Any
 from sqlalchemy import event, inspect
 
 from . import rows, tracking
+from .sqlshared import STATS_TABLE
 from .versions import SQL_TABLE, make_version_store
 
 log = logging.getLogger("sqla_querycache")
@@ -56,7 +58,7 @@ BRANCH = "querycache"
 #: package resource (works wherever the package is installed)
 VERSION_LOCATION = "sqla_querycache.migrations:versions"
 #: tables the package owns: never the application's to autogenerate
-TABLES = frozenset({SQL_TABLE, "querycache_alembic_version"})
+TABLES = frozenset({SQL_TABLE, STATS_TABLE, "querycache_alembic_version"})
 
 
 def migration_location() -> str:

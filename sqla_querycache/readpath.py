@@ -218,6 +218,49 @@ class _Skip(Exception):
     """Not cached: (counter, reason)."""
 
 
+#: execution option of ``QueryCache.explain``: decide, raise :class:`Explained`, run nothing
+EXPLAIN_OPTION = "_qc_explain"
+
+
+class Decision:
+    """What :meth:`ReadPath.decide` found for one execution (up to the lookup).
+
+    ``skip``: None (the cache is looked up), or ``(counter, reason, why,
+    extra)``: the counter it moves (``uncacheable``, ``bypassed``, ``errors``;
+    ``disabled`` and ``""`` move none), the bypass reason of the stats
+    (``written``, ``snapshot``, ``state_changed``, ``store_failed``), the text
+    of the DEBUG line, and the error or the tables written.
+    """
+
+    __slots__ = ("bind", "cache_key", "enc", "key", "names", "plan", "region", "region_name",
+                 "rk", "skip", "tagged", "ttl")  # fmt: skip
+
+    def __init__(self, region_name: str, ttl: float | None, tagged: bool):
+        self.region_name = region_name
+        self.ttl = ttl
+        self.tagged = tagged
+        self.region: RegionStore | None = None
+        self.plan: keys.Plan | None = None
+        self.key: str | None = None
+        self.names: tuple[str, ...] | None = None
+        self.cache_key: Any = None
+        self.bind: Any = None
+        self.rk: Any = None
+        self.enc: Any = None
+        self.skip: tuple[str, str, str, Any] | None = None
+
+
+class Explained(Exception):
+    """Raised from inside ``session.execute`` for ``QueryCache.explain``: the
+    statement is decided, never run. ``decision`` None: no region asked for it;
+    ``not_select``: it is not a SELECT."""
+
+    def __init__(self, decision: Decision | None, not_select: bool = False):
+        super().__init__("explained")
+        self.decision = decision
+        self.not_select = not_select
+
+
 class ReadPath:
     def __init__(self, cache: QueryCache):
         self.cache = cache
@@ -262,6 +305,8 @@ class ReadPath:
                 result = fn(orm_state)
                 if result:
                     return result
+        if EXPLAIN_OPTION in orm_state.execution_options:
+            raise Explained(self.decide(orm_state, counting=False))
         if log.isEnabledFor(_DEBUG):  # one line per statement, built only then
             result = self._traced(orm_state)
         else:
@@ -285,46 +330,60 @@ class ReadPath:
                       ",".join(trace.get("tables", ())) or "-", reason, us)  # fmt: skip
         return result
 
-    def _cached(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None) -> Any:
+    def decide(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None,
+               counting: bool = True) -> Decision | None:  # fmt: skip
+        """Everything up to the lookup: region, plan, key, connection rules.
+
+        None: not a statement for the cache (no region asked for it). Otherwise
+        a :class:`Decision`; ``decision.skip`` set means it bypasses the cache
+        (and why). The run time path (:meth:`_cached`) and ``QueryCache.explain``
+        both call this, so they cannot disagree. ``counting=False`` (explain):
+        no counter moves and no warning is logged.
+        """
         cache = self.cache
-        stats = cache._stats
         region_name, ttl, tagged = self._region_for(orm_state)
-        if region_name is None or not cache._active:
-            if trace is not None and region_name is not None:
-                trace.update(region=region_name, reason="disabled")
+        if region_name is None:
             return None
-        region = cache._region(region_name)  # an unknown name is a configuration error
+        d = Decision(region_name, ttl, tagged)
         if trace is not None:
             trace["region"] = region_name
+        if not cache._active:
+            d.skip = ("disabled", "disabled", "disabled", None)
+            if trace is not None:
+                trace["reason"] = "disabled"
+            return d
+        d.region = cache._region(region_name)  # an unknown name is a configuration error
         if not _cacheable(orm_state):
-            stats.incr(region_name, "uncacheable", why="options (FOR UPDATE, yield_per, ...)")
-            return None
+            d.skip = ("uncacheable", "", "options (FOR UPDATE, yield_per, ...)", None)
+            return d
         session = orm_state.session
         try:
             statement: Any = orm_state.statement
             cache_key = statement._generate_cache_key()
             if cache_key is None:
-                stats.incr(region_name, "uncacheable", why="no SQLAlchemy cache key")
-                return None
-            bind = session.get_bind(**orm_state.bind_arguments)
-            plan = self.plan(orm_state, cache_key, bind)
+                d.skip = ("uncacheable", "", "no SQLAlchemy cache key", None)
+                return d
+            d.cache_key = cache_key
+            d.bind = bind = session.get_bind(**orm_state.bind_arguments)
+            d.plan = plan = self.plan(orm_state, cache_key, bind)
             if plan.uncacheable is not None or (not tagged and not plan.reads_tables):
                 # a statement that reads no table is cached only when tagged itself
-                stats.incr(region_name, "uncacheable",
-                           why=plan.uncacheable or "reads no table, not tagged")  # fmt: skip
-                return None
-            key = keys.entry_key(
+                d.skip = ("uncacheable", "", plan.uncacheable or "reads no table, not tagged",
+                          None)  # fmt: skip
+                return d
+            d.key = key = keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
                 getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
                 self._scope(orm_state),
             )  # fmt: skip
         except Unencodable as err:
-            stats.incr(region_name, "uncacheable", why=f"parameter: {err}")
-            return None
+            d.skip = ("uncacheable", "", f"parameter: {err}", None)
+            return d
         except Exception as err:  # never our exception in the user's query
-            cache._warn(("key", type(err)), "cannot key a statement: %r", err)
-            stats.error(region_name, err, why=f"cannot key: {err!r}")
-            return None
+            if counting:
+                cache._warn(("key", type(err)), "cannot key a statement: %r", err)
+            d.skip = ("errors", "", f"cannot key: {err!r}", err)
+            return d
         if trace is not None:
             trace.update(key=key, tables=plan.tables)
 
@@ -335,8 +394,12 @@ class ReadPath:
             session._autobegin_t()  # raises InvalidRequestError, like the query
         if getattr(_load_options(orm_state), "_autoflush", True):
             session._autoflush()
-        if not self._may_use(session, bind, plan, region_name):
-            return None
+        skip = self._may_use(session, bind, plan)
+        if skip is not None:
+            d.skip = skip
+            if trace is not None and not skip[0]:
+                trace["reason"] = skip[2]
+            return d
         rk = plan.rowkey
         enc = None
         if rk is not None:
@@ -350,11 +413,38 @@ class ReadPath:
             if names is None:
                 names = plan.names[region_name] = (*plan.tables, ALL_TABLES,
                                                    f"@region:{region_name}")  # fmt: skip
+        d.rk, d.enc, d.names = rk, enc, names
         failed = cache._writer.failed
         if failed and failed.blocks(names):
-            stats.bypass(region_name, "store_failed", plan, why="an invalidation not delivered yet")
-            return None
+            d.skip = ("bypassed", "store_failed", "an invalidation not delivered yet", None)
+        return d
 
+    def _count_skip(self, d: Decision) -> None:
+        """Count a decision not to use the cache, as :meth:`decide` explained it."""
+        stats = self.cache._stats
+        counter, reason, why, extra = d.skip  # type: ignore[misc]
+        if counter == "uncacheable":
+            stats.incr(d.region_name, "uncacheable", why=why)
+        elif counter == "errors":
+            stats.error(d.region_name, extra, why=why)
+        elif counter == "bypassed":
+            stats.bypass(d.region_name, reason, d.plan, why=why)
+            for name in extra or ():
+                stats.table(name, "bypassed")
+
+    def _cached(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None) -> Any:
+        cache = self.cache
+        stats = cache._stats
+        d = self.decide(orm_state, trace)
+        if d is None:
+            return None
+        if d.skip is not None:
+            self._count_skip(d)
+            return None
+        region_name, region, plan, key, names = d.region_name, d.region, d.plan, d.key, d.names
+        assert region is not None and plan is not None and key is not None and names is not None
+        cache_key, bind, rk, enc, ttl = d.cache_key, d.bind, d.rk, d.enc, d.ttl
+        session = orm_state.session
         ttl = ttl if ttl is not None else region.expiration_time
         run_bind = bind if type(session).get_bind is Session.get_bind else None
         probe = orm_state.execution_options.get(PROBE_OPTION)
@@ -540,9 +630,9 @@ class ReadPath:
 
     # ------------------------------------------------- connection's rules
 
-    def _may_use(self, session: Session, bind: Any, plan: keys.Plan, region: str) -> bool:
-        """Read-your-writes, snapshot and connection-state rules, at the connection."""
-        stats = self.cache._stats
+    def _may_use(self, session: Session, bind: Any, plan: keys.Plan) -> Any:
+        """Read-your-writes, snapshot and connection-state rules, at the connection:
+        None (may use the cache) or the skip of a :class:`Decision`."""
         key = self.info_key
         conn = _connection_for(session, bind)
         tracker = session.info.get(key)
@@ -552,7 +642,7 @@ class ReadPath:
             try:
                 ct = conn.info.get(key)
             except Exception:  # an invalidated connection: the query will tell the user
-                return False
+                return ("", "", "the connection is invalidated", None)
             if ct is not None:
                 written = written | ct.written
                 for names, _ in ct.committing:
@@ -560,18 +650,14 @@ class ReadPath:
         if written:
             read = plan.tables
             if ALL_TABLES in written or ANY_TABLE in read or not written.isdisjoint(read):
-                stats.bypass(region, "written", plan, why="this transaction wrote its tables")
-                for name in written.intersection(read):
-                    stats.table(name, "bypassed")
-                return False
+                return ("bypassed", "written", "this transaction wrote its tables",
+                        sorted(written.intersection(read)))  # fmt: skip
         if ct is not None and (ct.state_changed and self.cache.scope is None):
             # SET search_path / role ...: results may differ
-            stats.bypass(region, "state_changed", plan, why="connection state changed (SET ...)")
-            return False
+            return ("bypassed", "state_changed", "connection state changed (SET ...)", None)
         if conn is not None and _holds_snapshot(conn, ct):
-            stats.bypass(region, "snapshot", plan, why="the transaction holds a snapshot")
-            return False
-        return True
+            return ("bypassed", "snapshot", "the transaction holds a snapshot", None)
+        return None
 
     # ------------------------------------------------------------- lookup
 

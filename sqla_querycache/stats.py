@@ -27,7 +27,7 @@ import weakref
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, Protocol, TypedDict
 
 log = logging.getLogger("sqla_querycache")
 
@@ -674,6 +674,17 @@ def _str(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+class StatsStore(Protocol):
+    """Where app-wide counters are summed: :class:`RedisStatsStore`,
+    :class:`~.sqlshared.SqlShared`."""
+
+    def write(self, process: str, delta: dict[str, float], metas: dict[str, _Meta]) -> None: ...
+
+    def read(self) -> tuple[dict[str, float], dict[str, _Meta], list[ProcessInfo]]: ...
+
+    def clear(self) -> None: ...
+
+
 class AppStats:
     """Flushes a :class:`Stats` to a shared store in the background.
 
@@ -681,7 +692,7 @@ class AppStats:
     ``close()`` stops it at its next tick.
     """
 
-    def __init__(self, stats: Stats, store: RedisStatsStore, interval: float):
+    def __init__(self, stats: Stats, store: StatsStore, interval: float):
         self.stats = stats
         self.store = store
         self.interval = interval

@@ -1236,12 +1236,17 @@ class SqlVersions:
                     f"whose pool hands one connection to every caller ({type(engine.pool).__name__}"
                     f"): use versions='local' for a database only one connection can reach"
                 )
+        from .sqlshared import STATS_TABLE, stats_table
+
+        metadata = MetaData()
         self.table = Table(
             table_name,
-            MetaData(),
+            metadata,
             Column("name", String(255), primary_key=True),
             Column("version", BigInteger, nullable=False),
         )
+        #: app-wide counters and the app-wide switch (:mod:`.sqlshared`)
+        self.stats_table = stats_table(metadata, STATS_TABLE)
         self.engine = engine
         self.pool_size = pool_size
         self.max_overflow = max_overflow
@@ -1255,6 +1260,15 @@ class SqlVersions:
         self._after: dict[int, tuple[tuple[str, ...], _Source | None]] = {}
         if engine is not None:
             self._source(engine)
+
+    def create_tables(self, engine: Any) -> None:
+        """Create the store's tables (versions, app-wide stats) where missing.
+
+        For tests and quick starts; in production the alembic branch
+        ``querycache`` creates them (``alembic upgrade querycache@head``).
+        """
+        engine = getattr(engine, "sync_engine", engine)
+        self.table.metadata.create_all(engine)
 
     def _source(self, engine: Any) -> _Source:
         pool = engine.pool

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -34,6 +35,7 @@ from sqlalchemy.orm import sessionmaker
 
 from sqla_querycache import FromCache, QueryCache
 from tests import models
+from tests.models import Product
 
 REDIS = $redis
 
@@ -247,7 +249,8 @@ def test_json_on_every_command(app: Any, tmp_path: Path) -> None:
             "invalidate": ["--tables", "tag"], "stats": [], "top": ["--once"],
             "show": [key], "identity": [],
             "exporter": ["--port", str(_free_port()), "--seconds", "0.1"],
-            "disable": [], "enable": []}  # fmt: skip
+            "disable": [], "enable": [],
+            "explain": ["select(models.Tag).options(FromCache())"]}  # fmt: skip
     assert set(args) == {n for n, c in commands.COMMANDS.items() if c.needs_cache}
     for name, extra in args.items():
         rows = as_json(tmp_path, name, *extra)
@@ -447,7 +450,7 @@ def test_validity_with_the_sql_store_needs_the_database_url(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     try:
-        module.cache.versions.table.create(module.engine)
+        module.cache.versions.create_tables(module.engine)
         models.Base.metadata.create_all(module.engine)
         with module.Session() as s:
             models.populate(s)
@@ -459,13 +462,134 @@ def test_validity_with_the_sql_store_needs_the_database_url(
             assert proc.returncode == 0, proc.stderr
             return json.loads(proc.stdout)
 
+        # the database is the installed sessionmaker's: no --url needed
         (row,) = entries()
-        assert row["valid"] == "unknown (sql store: give --url)" and row["tables"] == "tag"
+        assert row["valid"] is True and row["tables"] == "tag"
         assert entries("--url", db)[0]["valid"] is True
         with module.Session() as s:
             s.get(models.Tag, 1).label = "renamed"
             s.commit()
         assert entries("--url", db)[0]["valid"] is False
+        assert entries()[0]["valid"] is False
+
+        # the app-wide switch and stats through the sql store's table
+        proc = run(tmp_path, "disable", "--json", cache="qc_sql:cache")
+        assert proc.returncode == 0, proc.stderr
+        deadline = time.monotonic() + 5
+        while not module.cache.disabled_app_wide and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert module.cache.disabled_app_wide  # the app process saw it
+        proc = run(tmp_path, "enable", cache="qc_sql:cache")
+        assert proc.returncode == 0, proc.stderr
+        module.cache.flush_stats()
+        proc = run(tmp_path, "stats", "--json", cache="qc_sql:cache")
+        assert proc.returncode == 0, proc.stderr
+        (default,) = json.loads(proc.stdout)
+        assert default["scope"] == "app" and default["misses"] == 1
+        # a misspelt table: the rows of the sql store's table know the real ones
+        proc = run(tmp_path, "invalidate", "--tables", "tga", cache="qc_sql:cache")
+        assert proc.returncode == 1 and "'tga'" in proc.stderr and "tag" in proc.stderr
     finally:
         module.cache.close()
         module.engine.dispose()
+
+
+# ------------------------------------------------------------------ explain
+
+
+def test_explain_an_expression_of_the_apps_namespace(app: Any, tmp_path: Path) -> None:
+    (row,) = as_json(tmp_path, "explain", "select(Product).where(Product.id == 3).options(FromCache())")
+    assert row["cached"] is True and row["outcome"] == "cached" and row["reason"] is None
+    assert row["region"] == "default" and row["tables"] == ["product"]
+    assert row["key"].startswith("qccli:q:default:") and "product#3" in row["depends_on"]
+    out = ok(tmp_path, "explain", "select(models.Customer)")
+    assert re.search(r"^cached\s+False$", out, re.M)
+    assert "no region" in out
+    (row,) = as_json(tmp_path, "explain", "select(models.Tag).with_for_update().options(FromCache())")
+    assert row["outcome"] == "uncacheable" and "FOR UPDATE" in row["reason"]
+    proc = run(tmp_path, "explain", "select(Nothing)")
+    assert proc.returncode == 1 and "cannot evaluate" in proc.stderr and "Nothing" in proc.stderr
+
+
+# -------------------------------------------------- finding the cache: pyproject
+
+
+def run_bare(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """The CLI with no --cache, no QC_CACHE, and only the package on the path."""
+    base = {k: v for k, v in os.environ.items() if k != "QC_CACHE"}
+    base["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "sqla_querycache.cli", *args], cwd=cwd,
+                          env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def test_the_cache_is_found_from_the_nearest_pyproject(app: Any, tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "shop"\n\n[tool.sqla_querycache]\ncache = "qc_app:cache"\n'
+    )
+    deep = tmp_path / "src" / "deep"
+    deep.mkdir(parents=True)
+    (deep / "pyproject.toml").write_text('[tool.ruff]\nline-length = 100\n')  # not ours: skipped
+    proc = run_bare(deep, "regions", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert {r["region"] for r in json.loads(proc.stdout)} == {"default", "hot", "down", "nowhere"}
+    # precedence: $QC_CACHE over pyproject, --cache over both
+    proc = run_bare(deep, "regions", env={"QC_CACHE": "qc_nope:cache"})
+    assert proc.returncode == 1 and "cannot import 'qc_nope'" in proc.stderr
+    proc = run_bare(tmp_path, "regions", "--json", "--cache", "qc_app:cache",
+                    env={"QC_CACHE": "qc_nope:cache"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pyproject_mistakes_are_said(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.sqla_querycache]\ncahce = 'qc_app:cache'\n")
+    proc = run_bare(tmp_path, "regions")
+    assert proc.returncode == 1 and "needs cache = " in proc.stderr
+    (tmp_path / "pyproject.toml").write_text("[tool.sqla_querycache\n")
+    proc = run_bare(tmp_path, "regions")
+    assert proc.returncode == 1 and "cannot read" in proc.stderr
+    (tmp_path / "pyproject.toml").unlink()
+    proc = run_bare(tmp_path, "regions")
+    assert proc.returncode == 1 and "[tool.sqla_querycache]" in proc.stderr
+    assert cli.find_pyproject_cache(tmp_path) is None
+
+
+# ------------------------------------------------------- invalidate: table names
+
+
+def test_invalidate_refuses_a_misspelt_table_listing_the_known_ones(
+    app: Any, tmp_path: Path
+) -> None:
+    proc = run(tmp_path, "invalidate", "--tables", "prodcut")
+    assert proc.returncode == 1, proc.stdout
+    assert "unknown table(s) 'prodcut'" in proc.stderr
+    known = proc.stderr.split("known: ", 1)[1]
+    assert "product" in known and "customer" in known
+    assert "orders" in known  # from the application's MetaData: never queried, no version yet
+    assert "@" not in known and "#" not in known  # internal names are not tables
+    assert as_json(tmp_path, "invalidate", "--tables", "orders") == [{"invalidated": "orders"}]
+    rows = as_json(tmp_path, "invalidate", "--tables", "only_in_the_db", "--force")
+    assert rows == [{"invalidated": "only_in_the_db"}]
+
+
+def test_entries_valid_with_memory_regions_and_local_versions(sqlite_engine: Any) -> None:
+    from sqlalchemy import select, update
+    from sqlalchemy.orm import sessionmaker
+
+    from sqla_querycache import FromCache, QueryCache
+
+    from .conftest import memory_region
+
+    maker = sessionmaker(sqlite_engine)
+    cache = QueryCache(regions={"default": memory_region()}).install(maker)
+    try:
+        with maker() as s:
+            s.scalars(select(models.Tag).options(FromCache())).all()
+        (row,) = commands.entries(cache)
+        assert row["valid"] is True and row["tables"] == "tag"
+        with maker() as s:
+            s.execute(update(models.Tag).where(models.Tag.id == 1).values(label="x"))
+            s.commit()
+        assert commands.entries(cache)[0]["valid"] is False
+    finally:
+        cache.close()

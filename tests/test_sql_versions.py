@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -47,11 +48,13 @@ def migrated(engine):
 def test_branch_upgrades_and_downgrades(migrated):
     insp = inspect(migrated)
     assert "querycache_versions" in insp.get_table_names()
+    assert "querycache_stats" in insp.get_table_names()  # qc0002: app-wide stats, switch
     assert "querycache_alembic_version" in insp.get_table_names()
     assert "alembic_version" not in insp.get_table_names()  # the app's own is untouched
     out = alembic(render(migrated), "downgrade", "querycache@base")
     assert out.returncode == 0, out.stderr
     assert "querycache_versions" not in inspect(migrated).get_table_names()
+    assert "querycache_stats" not in inspect(migrated).get_table_names()
     assert alembic(render(migrated), "upgrade", "querycache@head").returncode == 0
 
 
@@ -66,7 +69,10 @@ def test_branch_through_an_applications_version_locations(sqlite_engine, tmp_pat
     cfg.set_main_option("version_locations",
                         f"{tmp_path / 'app' / 'versions'} {migration_location()}")  # fmt: skip
     cfg.set_main_option("path_separator", "space")
-    command.upgrade(cfg, "heads")
+    try:
+        command.upgrade(cfg, "heads")
+    finally:  # its env.py's fileConfig disables every logger configured before it
+        logging.getLogger("sqla_querycache").disabled = False
     names = inspect(sqlite_engine).get_table_names()
     assert "querycache_versions" in names and "alembic_version" in names
 
@@ -138,6 +144,9 @@ def test_failing_bump_never_breaks_the_users_commit(migrated, sql_cache):
     with Session(migrated) as s:
         assert s.get(Customer, 1).name == "still committed"
     assert cache._writer.failed  # remembered for retry; customer reads bypass meanwhile
+    cache.close()  # its stats flusher and switch watcher use querycache_stats
+    with migrated.begin() as conn:
+        conn.execute(text("DROP TABLE querycache_stats"))  # both made again from base
     alembic(render(migrated), "stamp", "querycache@base")
     assert alembic(render(migrated), "upgrade", "querycache@head").returncode == 0
 
@@ -175,7 +184,8 @@ def test_migration_hook_invalidates_what_it_touched(sqlite_engine):
 # into a temporary folder and run with the real alembic command line.
 
 EXAMPLE = os.path.join(ROOT, "examples", "alembic_sql")
-APP_TABLES = ("recipe", "alembic_version", "querycache_versions", "querycache_alembic_version")
+APP_TABLES = ("recipe", "alembic_version", "querycache_versions", "querycache_stats",
+              "querycache_alembic_version")  # fmt: skip
 
 
 def clean(engine):
@@ -236,7 +246,7 @@ def test_the_branch_is_found_from_alembic_ini_version_locations(app_db, tmp_path
     """Trap (a): ``sqla_querycache.migrations:versions`` in alembic.ini (not env.py)."""
     dest = app_setup(tmp_path)
     heads = ok(app_alembic(dest, app_db, "heads")).stdout
-    assert "qc0001 (querycache)" in heads and "app0002" in heads
+    assert "qc0002 (querycache)" in heads and "app0002" in heads
     ok(app_alembic(dest, app_db, "upgrade", "heads"))
     names = inspect(app_db).get_table_names()
     assert {"querycache_versions", "recipe", "alembic_version"} <= set(names)
@@ -279,7 +289,7 @@ def test_autogenerate_leaves_the_package_tables_alone(app_db, tmp_path):
             Base.metadata,
         )
     removed = [d[1].name for d in plain if d[0] == "remove_table"]
-    assert "querycache_versions" in removed  # the trap is real
+    assert {"querycache_versions", "querycache_stats"} <= set(removed)  # the trap is real
     assert hooked == []
     out = ok(app_alembic(dest, app_db, "revision", "--autogenerate", "-m", "nothing"))
     new = [f for f in (dest / "migrations" / "versions").glob("*nothing.py")]
@@ -307,7 +317,7 @@ def test_the_apps_first_revision_goes_into_the_apps_folder(app_db, tmp_path):
     assert f"down_revision = {first_id!r}" in second.read_text()
     assert our_files() == before
     heads = ok(app_alembic(dest, app_db, "heads")).stdout
-    assert "qc0001 (querycache)" in heads and second.name.split("_")[0] in heads
+    assert "qc0002 (querycache)" in heads and second.name.split("_")[0] in heads
 
 
 def test_app_branch_before_the_querycache_branch_with_the_sql_store(app_db, tmp_path):
@@ -361,7 +371,7 @@ def test_standalone_branch_runs_from_an_installed_package(app_db, tmp_path):
             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
         )
         ok(out)
-    assert "qc0001" in out.stdout
+    assert "qc0002" in out.stdout  # the branch head
     assert {"querycache_versions", "querycache_alembic_version"} <= set(
         inspect(app_db).get_table_names()
     )
