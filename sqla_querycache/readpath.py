@@ -32,7 +32,7 @@ from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
 
-from . import codec, keys, rows, tracking
+from . import admission, codec, keys, rows, tracking
 from .catalog import Catalog
 from .codec import Unencodable
 from .hydrate import MapperSet, NeedsLocalLoad, NotStorable, Shape, dehydrate, derive_shape, hydrate
@@ -288,7 +288,7 @@ class ReadPath:
     def _cached(self, orm_state: ORMExecuteState, trace: dict[str, Any] | None = None) -> Any:
         cache = self.cache
         stats = cache._stats
-        region_name, ttl, tagged = self._region_for(orm_state)
+        region_name, ttl, tagged, pin = self._region_for(orm_state)
         if region_name is None or not cache._active:
             if trace is not None and region_name is not None:
                 trace.update(region=region_name, reason="disabled")
@@ -313,7 +313,14 @@ class ReadPath:
                 stats.incr(region_name, "uncacheable",
                            why=plan.uncacheable or "reads no table, not tagged")  # fmt: skip
                 return None
-            key = keys.entry_key(
+            # admission: is this shape worth looking up? (a pin, else its averages)
+            shape = plan.adm
+            if shape is None:
+                shape = self._shape_of(plan)
+            mode = shape.mode = pin or cache._admission[region_name]
+            skip = mode != "always" and (mode == "never" or not shape.admit(cache._policy))
+            t0 = time.perf_counter()  # what the cache costs this call starts here
+            key = "" if skip else keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
                 getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
                 self._scope(orm_state),
@@ -325,6 +332,8 @@ class ReadPath:
             cache._warn(("key", type(err)), "cannot key a statement: %r", err)
             stats.error(region_name, err, why=f"cannot key: {err!r}")
             return None
+        if skip:  # outside the try: the query's errors are the user's
+            return self._skip(orm_state, session, bind, plan, shape, region_name)
         if trace is not None:
             trace.update(key=key, tables=plan.tables)
 
@@ -372,12 +381,15 @@ class ReadPath:
         result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
+            shape.hit(time.perf_counter() - t0, cache._policy)
             if klass is not None:
                 stats.klass(klass, "hits")
             return result
         if versions is None:  # tables in flight, or the version store is down
             stats.bypass(region_name, "unavailable", plan,
                          why="tables being written, or store down")  # fmt: skip
+            # the lookup's cost, plus the query the ORM now runs (estimated)
+            shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0), cache._policy)
             return None
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
@@ -389,17 +401,22 @@ class ReadPath:
                         orm_state, region, key, names, plan, ttl, second=True
                     )
                     if result is not None:
+                        shape.hit(time.perf_counter() - t0, cache._policy)
                         return result
                     if versions is None:
                         stats.bypass(region_name, "unavailable", plan,
                                      why="tables being written, or store down")  # fmt: skip
+                        shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0),
+                                     cache._policy)  # fmt: skip
                         return None
                 stats.incr(region_name, "misses", plan=plan)  # this request runs the query
                 if klass is not None:
                     stats.klass(klass, "misses")
-                return self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
-                                  rk if enc is not None else None,
-                                  _params(cache_key.bindparams, orm_state.parameters))  # fmt: skip
+                out = self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
+                                 rk if enc is not None else None,
+                                 _params(cache_key.bindparams, orm_state.parameters))  # fmt: skip
+                shape.missed(time.perf_counter() - t0, cache._policy)
+                return out
             finally:
                 if mutex is not None:
                     try:
@@ -407,24 +424,71 @@ class ReadPath:
                     except Exception as err:
                         cache._warn(("mutex", type(err)), "cache mutex release: %r", err)
 
+    # ---------------------------------------------------------- admission
+
+    def _shape_of(self, plan: keys.Plan) -> admission.Shape:
+        """The admission state of the plan's statement shape (plans of one digest share it)."""
+        shapes = self.cache._stats.shapes
+        shape: admission.Shape | None = shapes.get(plan.digest)
+        if shape is None:
+            shape = admission.Shape()
+            shape = shapes.setdefault(plan.digest, shape)
+        plan.adm = shape
+        return shape
+
+    def _skip(
+        self,
+        orm_state: ORMExecuteState,
+        session: Session,
+        bind: Any,
+        plan: keys.Plan,
+        shape: admission.Shape,
+        region: str,
+    ) -> Any:
+        """Run the statement without the cache (admission said so): no lookup, no store.
+
+        Pinned ``never``: the ORM runs it. Not worth it: run here, so the time it
+        takes keeps the shape's estimate of the uncached query current.
+        """
+        stats = self.cache._stats
+        if shape.mode == "never":
+            stats.bypass(region, admission.PINNED_NEVER, plan, why="admission pinned to never")
+            return None
+        why = ""
+        if stats._tracing:
+            s = shape.saving()
+            why = (f"not worth it (expected saving {s * 1e6:.0f}us a call; next trial in "
+                   f"{max(shape.left, 0)} calls)" if s is not None else "not worth it")  # fmt: skip
+        stats.bypass(region, admission.NOT_WORTH_IT, plan, why=why)
+        started = time.perf_counter()
+        if type(session).get_bind is Session.get_bind:
+            result = orm_state.invoke_statement(bind_arguments={"bind": bind})
+        else:
+            result = orm_state.invoke_statement()
+        shape.ran(time.perf_counter() - started, None, self.cache._policy)
+        return result
+
     # ------------------------------------------------------------- choice
 
-    def _region_for(self, orm_state: ORMExecuteState) -> tuple[str | None, float | None, bool]:
-        """(region, ttl, tagged): tagged means the statement itself asked to be cached."""
-        region = ttl = None
+    def _region_for(
+        self, orm_state: ORMExecuteState
+    ) -> tuple[str | None, float | None, bool, str | None]:
+        """(region, ttl, tagged, pin): tagged means the statement itself asked to be
+        cached; pin is the admission its FromCache pinned, or None."""
+        region = ttl = pin = None
         for opt in orm_state.user_defined_options:
             if isinstance(opt, NoCache):
-                return None, None, False
+                return None, None, False, None
             if isinstance(opt, FromCache) and region is None:
-                region, ttl = opt.region, opt.expiration_time
+                region, ttl, pin = opt.region, opt.expiration_time, opt.admission
         if region is not None:
-            return region, ttl, True
+            return region, ttl, True, pin
         stmt_opts = orm_state.statement._execution_options
         identity = self.cache.identity_region
         if (identity is not None and REGION_OPTION not in stmt_opts
                 and REGION_OPTION not in orm_state.local_execution_options
                 and _identity_load(orm_state)):  # fmt: skip
-            return identity, orm_state.execution_options.get(EXPIRATION_OPTION), True
+            return identity, orm_state.execution_options.get(EXPIRATION_OPTION), True, None
         local = orm_state.local_execution_options
         session = orm_state.session
         tagged = True
@@ -440,8 +504,8 @@ class ReadPath:
             tagged = False
             region = session.info.get(REGION_OPTION)
         if region is None:
-            return None, None, False
-        return region, orm_state.execution_options.get(EXPIRATION_OPTION), tagged
+            return None, None, False, None
+        return region, orm_state.execution_options.get(EXPIRATION_OPTION), tagged, None
 
     def _scope(self, orm_state: ORMExecuteState) -> Any:
         scope = orm_state.execution_options.get(SCOPE_OPTION)
@@ -873,6 +937,7 @@ class ReadPath:
                 result = orm_state.invoke_statement(bind_arguments={"bind": bind})
             else:
                 result = orm_state.invoke_statement()
+            executed = time.perf_counter()
             if not isinstance(result, Result):  # something a hook returned: not ours to store
                 return result
             rowcount = result.rowcount if isinstance(result, CursorResult) else None
@@ -881,7 +946,10 @@ class ReadPath:
             frozen = result.freeze()
         finally:
             tracking.stop_recording(token)
-        stats.missed(region.name, plan, time.perf_counter() - started)
+        done = time.perf_counter()
+        stats.missed(region.name, plan, done - started)
+        if plan.adm is not None:
+            plan.adm.ran(executed - started, done - executed, cache._policy)
         shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
                       unique[1] if unique else None,
                       _rowcount_mode(rowcount, frozen.data))  # fmt: skip
