@@ -16,7 +16,9 @@ uncached)``. Once ``min_samples`` lookups were seen and it is negative, the
 shape is *not worth it*: its calls skip the lookup and the store and run the
 query as they would without the cache. Now and then (after ``probe_calls``
 skipped calls or ``probe_seconds``, whichever first, both doubled after each
-trial that did not pay, up to ``MAX_BACKOFF`` times) a *trial* lets
+trial that did not pay -- unless its hit ratio beat the previous one's by
+``WARMING``: the shape's entries are being stored -- up to ``MAX_BACKOFF``
+times) a *trial* lets
 ``min_samples`` lookups through the cache again, with a fresh hit ratio; the
 shape is admitted again if the saving turned positive.
 
@@ -44,6 +46,9 @@ ADMITTED, REJECTED, PROBING = 0, 1, 2
 STATE_NAMES = {ADMITTED: "admitted", REJECTED: "not worth it", PROBING: "probing"}
 #: the probe interval grows at most to this many times the configured one
 MAX_BACKOFF = 32
+#: a failed trial whose hit ratio beat the last one's by this much is warming up (its
+#: keys are being stored): the next trial comes as soon, the wait is not doubled
+WARMING = 0.05
 #: bypass reasons (``Stats.bypass``) of admission
 NOT_WORTH_IT = "not_worth_it"
 PINNED_NEVER = "never"
@@ -92,7 +97,7 @@ class Shape:
 
     __slots__ = (
         "__weakref__", "backoff", "e", "f", "h", "ke", "kf", "kh", "km", "kp", "left", "m",
-        "mode", "p", "probe_at", "state", "trial",
+        "mode", "p", "probe_at", "state", "trial", "tried",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -109,6 +114,8 @@ class Shape:
         self.backoff = 1
         #: probing: lookups left in the trial
         self.trial = 0
+        #: the hit ratio when the shape was last turned away
+        self.tried = 0.0
 
     # -------------------------------------------------------- estimates
 
@@ -199,7 +206,8 @@ class Shape:
                 return
             s = self.saving()
             if s is not None and s < 0:
-                self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+                if self.p <= self.tried + WARMING:  # not warming up: wait longer
+                    self.backoff = min(self.backoff * 2, MAX_BACKOFF)
                 self._reject(policy)
             else:
                 self.state = ADMITTED
@@ -211,6 +219,7 @@ class Shape:
                 self._reject(policy)
 
     def _reject(self, policy: Policy) -> None:
+        self.tried = self.p
         self.left = policy.probe_calls * self.backoff
         self.probe_at = time.monotonic() + policy.probe_seconds * self.backoff
         self.state = REJECTED

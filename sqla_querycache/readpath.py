@@ -333,6 +333,8 @@ class ReadPath:
             stats.error(region_name, err, why=f"cannot key: {err!r}")
             return None
         if skip:  # outside the try: the query's errors are the user's
+            if trace is not None:
+                trace.update(tables=plan.tables)
             return self._skip(orm_state, session, bind, plan, shape, region_name)
         if trace is not None:
             trace.update(key=key, tables=plan.tables)

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from sqla_querycache import ConfigurationError, FromCache, NoCache, QueryCache
-from sqla_querycache.admission import MAX_BACKOFF, Shape
+from sqla_querycache.admission import ADMITTED, MAX_BACKOFF, PROBING, Shape
 
 from . import models
 from .conftest import StatementCounter, _make_engine, db_url, memory_region, redis_region
@@ -310,21 +310,44 @@ def test_the_state_machine_backs_off_and_resets() -> None:
         pass
     lookups(True, 3)
     assert shape.describe() == "admitted" and shape.backoff == 1
+    # a shape warming up (each trial hits more than the last, still not enough) is
+    # tried again as soon; a trial that does not improve doubles the wait again
+    shape = Shape()
+    shape.ran(0.001, 0.001, policy)
+    for _ in range(3):
+        shape.missed(0.003, policy)
+    assert shape.describe() == "not worth it"
+    waits = []
+    for hits in (1, 2, 0, 0):
+        skipped = 0
+        while not shape.admit(policy):
+            skipped += 1
+        waits.append(skipped + 1)
+        for i in range(3):
+            if i < hits:
+                shape.hit(0.0019, policy)  # barely cheaper than the query: 2 of 3 do not pay
+            else:
+                shape.missed(0.003, policy)
+        assert shape.describe() == "not worth it"
+    assert waits == [4, 4, 4, 8]
 
 
 # ------------------------------------------------------------- the promise
 
+READ = st.tuples(st.just("read"), st.integers(0, 3), st.integers(1, 45),
+                st.sampled_from([None, None, None, "adaptive", "always", "never"]))  # fmt: skip
 OPS = st.lists(
     st.one_of(
-        st.tuples(st.just("read"), st.integers(0, 3), st.integers(1, 45),
-                  st.sampled_from([None, None, "adaptive", "always", "never"])),
+        READ, READ, READ, READ,
         st.tuples(st.just("update"), st.integers(1, 45)),
         st.tuples(st.just("insert"), st.integers(100, 130)),
         st.tuples(st.just("delete"), st.integers(100, 130)),
         st.tuples(st.just("read_own_write"), st.integers(1, 40)),
         st.tuples(st.just("rolled_back"), st.integers(1, 40)),
+        # put every shape in a state now, whatever the timings of this machine would say
+        st.tuples(st.just("force"), st.sampled_from(["reject", "probe", "admit"])),
     ),
-    min_size=10, max_size=60,
+    min_size=10, max_size=80,
 )  # fmt: skip
 
 
@@ -352,7 +375,7 @@ def _plain(rows: list[Any]) -> list[Any]:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ops=OPS, min_samples=st.integers(1, 4), probe_calls=st.integers(1, 4),
+@given(ops=OPS, min_samples=st.integers(1, 3), probe_calls=st.integers(1, 4),
        default=st.sampled_from(["adaptive", "adaptive", "always", "never"]),
        seed=st.integers(0, 2**16))  # fmt: skip
 def test_results_equal_uncached_whatever_the_admission_state(
@@ -401,6 +424,14 @@ def test_results_equal_uncached_whatever_the_admission_state(
                     got = _plain(s.execute(_read(0, op[1], FromCache(admission="always"))).all())
                     assert got[-1][1] == "mine"
                     s.commit()
+            elif op[0] == "force":
+                for shape in list(cache._stats.shapes.values()):
+                    if op[1] == "reject":
+                        shape._reject(cache._policy)
+                    elif op[1] == "probe":
+                        shape.state, shape.trial, shape.kp = PROBING, min_samples, 0
+                    else:
+                        shape.state = ADMITTED
             else:  # rolled_back
                 with maker() as s:
                     s.execute(update(Product).where(Product.id == op[1]).values(name="gone"))
