@@ -7,8 +7,8 @@ stats) this process keeps exponentially weighted averages of:
 - ``hit``: what a hit costs (from the lookup to the Result);
 - ``miss``: what a lookup that did not hit costs (lookup + query + store);
 - ``uncached``: what the query costs without the cache, as ``exec + fetch``:
-  ``exec`` is the time to execute it (misses and bypassed runs both measure
-  it), ``fetch`` the time to read its rows into objects (misses only; a
+  ``exec`` is the time to execute it (misses, and one skipped call in
+  ``TIME_EVERY``, both measure it), ``fetch`` the time to read its rows into objects (misses only; a
   bypassed run hands the unread result to the caller).
 
 The expected saving per call is ``p * (uncached - hit) - (1 - p) * (miss -
@@ -49,6 +49,9 @@ MAX_BACKOFF = 32
 #: a failed trial whose hit ratio beat the last one's by this much is warming up (its
 #: keys are being stored): the next trial comes as soon, the wait is not doubled
 WARMING = 0.05
+#: one skipped call in this many is run and timed by the cache (the uncached estimate);
+#: the others are left to the ORM as if the cache were not there
+TIME_EVERY = 16
 #: bypass reasons (``Stats.bypass``) of admission
 NOT_WORTH_IT = "not_worth_it"
 PINNED_NEVER = "never"
