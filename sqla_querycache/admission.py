@@ -12,8 +12,10 @@ stats) this process keeps exponentially weighted averages of:
   bypassed run hands the unread result to the caller).
 
 The expected saving per call is ``p * (uncached - hit) - (1 - p) * (miss -
-uncached)``. Once ``min_samples`` lookups were seen and it is negative, the
-shape is *not worth it*: its calls skip the lookup and the store and run the
+uncached)``. Once ``min_samples`` *warm* lookups were seen (lookups that found
+an entry: a hit, or an entry a write made stale; a cold miss of a key never
+stored is the price of a first store and says nothing of the writes) and it is
+negative, the shape is *not worth it*: its calls skip the lookup and the store and run the
 query as they would without the cache. Now and then (after ``probe_calls``
 skipped calls or ``probe_seconds``, whichever first, both doubled after each
 trial that did not pay -- unless its hit ratio beat the previous one's by
@@ -99,7 +101,8 @@ class Shape:
     """One statement shape's admission state and averages (seconds)."""
 
     __slots__ = (
-        "__weakref__", "backoff", "e", "f", "h", "ke", "kf", "kh", "km", "kp", "left", "m",
+        "__weakref__", "backoff", "cold", "e", "f", "h", "ke", "kf", "kh", "km", "kp", "kw",
+        "left", "m",
         "mode", "p", "probe_at", "state", "trial", "tried",
     )  # fmt: skip
 
@@ -110,6 +113,11 @@ class Shape:
         self.p = self.h = self.m = self.e = self.f = 0.0
         #: samples behind each average (1/k weights until the window is full)
         self.kp = self.kh = self.km = self.ke = self.kf = 0
+        #: warm lookups: those that found an entry (a hit, or one made stale by a write);
+        #: a shape is judged only after min_samples of them
+        self.kw = 0
+        #: set by a lookup that found nothing stored, read by the miss that follows
+        self.cold = False
         #: rejected: calls to skip before the next trial, and its time (monotonic)
         self.left = 0
         self.probe_at = 0.0
@@ -166,7 +174,8 @@ class Shape:
         self.h += (policy.alpha if k > policy.window else 1.0 / k) * (seconds - self.h)
         k = self.kp = self.kp + 1
         self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
-        if k >= policy.min_samples or self.state == PROBING:
+        self.kw += 1
+        if self.kw >= policy.min_samples or self.state == PROBING:
             self._decide(policy)
 
     def missed(self, seconds: float, policy: Policy) -> None:
@@ -175,7 +184,11 @@ class Shape:
         self.m += (policy.alpha if k > policy.window else 1.0 / k) * (seconds - self.m)
         k = self.kp = self.kp + 1
         self.p -= (policy.alpha if k > policy.window else 1.0 / k) * self.p
-        if k >= policy.min_samples or self.state == PROBING:
+        if self.cold:  # nothing was stored for its key yet: it tells nothing of writes
+            self.cold = False
+        else:
+            self.kw += 1
+        if self.kw >= policy.min_samples or self.state == PROBING:
             self._decide(policy)
 
     def ran(self, execute: float, fetch: float | None, policy: Policy) -> None:

@@ -679,6 +679,10 @@ class ReadPath:
             return None, None
         if versions is None:
             return None, None
+        if entry is None and raw is None:  # nothing stored: a cold miss, no evidence yet
+            cold = plan.adm
+            if cold is not None:
+                cold.cold = True
         return self._use(orm_state, region, key, names, plan, ttl, second, entry, raw, versions)
 
     def _use(
