@@ -51,6 +51,11 @@ MAX_BACKOFF = 32
 #: a failed trial whose hit ratio beat the last one's by this much is warming up (its
 #: keys are being stored): the next trial comes as soon, the wait is not doubled
 WARMING = 0.05
+#: a cost sample above CLIP times its average (once CLIP_AFTER samples were seen) counts
+#: as CLIP times it: one stall of the process (a GC pause, a descheduled thread) cannot
+#: turn a shape away on its own, while a lasting change still moves the average
+CLIP = 4.0
+CLIP_AFTER = 4
 #: one skipped call in this many is run and timed by the cache (the uncached estimate);
 #: the others are left to the ORM as if the cache were not there
 TIME_EVERY = 16
@@ -171,7 +176,10 @@ class Shape:
 
     def hit(self, seconds: float, policy: Policy) -> None:
         k = self.kh = self.kh + 1
-        self.h += (policy.alpha if k > policy.window else 1.0 / k) * (seconds - self.h)
+        h = self.h
+        if k > CLIP_AFTER and seconds > CLIP * h:  # a stall (GC, a descheduled thread)
+            seconds = CLIP * h
+        self.h = h + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - h)
         k = self.kp = self.kp + 1
         self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
         self.kw += 1
@@ -181,7 +189,10 @@ class Shape:
     def missed(self, seconds: float, policy: Policy) -> None:
         """A lookup that did not hit cost ``seconds`` in all (lookup, query, store)."""
         k = self.km = self.km + 1
-        self.m += (policy.alpha if k > policy.window else 1.0 / k) * (seconds - self.m)
+        m = self.m
+        if k > CLIP_AFTER and seconds > CLIP * m:
+            seconds = CLIP * m
+        self.m = m + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - m)
         k = self.kp = self.kp + 1
         self.p -= (policy.alpha if k > policy.window else 1.0 / k) * self.p
         if self.cold:  # nothing was stored for its key yet: it tells nothing of writes
@@ -194,10 +205,16 @@ class Shape:
     def ran(self, execute: float, fetch: float | None, policy: Policy) -> None:
         """The query ran: ``execute`` seconds, then ``fetch`` reading its rows (a miss)."""
         k = self.ke = self.ke + 1
-        self.e += (policy.alpha if k > policy.window else 1.0 / k) * (execute - self.e)
+        e = self.e
+        if k > CLIP_AFTER and execute > CLIP * e:
+            execute = CLIP * e
+        self.e = e + (policy.alpha if k > policy.window else 1.0 / k) * (execute - e)
         if fetch is not None:
             k = self.kf = self.kf + 1
-            self.f += (policy.alpha if k > policy.window else 1.0 / k) * (fetch - self.f)
+            f = self.f
+            if k > CLIP_AFTER and fetch > CLIP * f:
+                fetch = CLIP * f
+            self.f = f + (policy.alpha if k > policy.window else 1.0 / k) * (fetch - f)
 
     # -------------------------------------------------------- state machine
 

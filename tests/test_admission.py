@@ -332,6 +332,27 @@ def test_the_state_machine_backs_off_and_resets() -> None:
     assert waits == [4, 4, 4, 8]
 
 
+def test_one_stall_does_not_turn_a_shape_away() -> None:
+    """A miss that took 1 s (the process was descheduled) among 3 ms misses: clipped."""
+    from sqla_querycache.admission import Policy
+
+    policy = Policy(min_samples=50, probe_calls=4, probe_seconds=3600)  # the defaults' window
+    shape = Shape()
+    for i in range(200):  # one miss in 20; a hit costs a fifth of the query
+        if i % 20:
+            shape.hit(0.0005, policy)
+        else:
+            shape.ran(0.002, 0.0005, policy)
+            shape.missed(0.003, policy)
+    assert shape.describe() == "admitted"
+    shape.missed(1.0, policy)  # a 1 s stall: unclipped, the average would be 43 ms
+    assert shape.describe() == "admitted", shape.summary()
+    assert shape.m < 0.003 * 1.5
+    for _ in range(40):  # a lasting change does move it: every lookup misses, at 60 ms
+        shape.missed(0.060, policy)
+    assert shape.m > 0.030 and shape.describe() == "not worth it"
+
+
 # ------------------------------------------------------------- the promise
 
 READ = st.tuples(st.just("read"), st.integers(0, 3), st.integers(1, 45),
