@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
+from . import admission as _admission
 from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
 from .explain import Explanation
@@ -105,6 +106,18 @@ class QueryCache:
         counters to the app-wide stats (Redis or "sql" versions; see
         :meth:`report`); 0 flushes only on :meth:`flush_stats`, reads and
         :meth:`close`.
+    :param admission: whether a statement shape consults the cache:
+        ``"adaptive"`` (default: while its measured expected saving per call
+        is positive, see README "Admission"), ``"always"`` or ``"never"``;
+        or a mapping region -> mode (regions not named are adaptive).
+        ``FromCache(region, admission=...)`` pins one statement.
+    :param admission_min_samples: lookups of a shape before it can be judged
+        not worth it, and the length of a re-admission trial (default 50).
+    :param admission_probe_calls: skipped calls of a shape judged not worth
+        it before a trial (default 200; doubled after each trial that did
+        not pay, up to 32 times).
+    :param admission_probe_seconds: ... or this many seconds, whichever comes
+        first (default 30; doubled likewise).
     The environment variable ``SQLA_QUERYCACHE_DISABLED=1`` (read here)
     starts the cache disabled (:attr:`enabled` False); ``0`` or unset: enabled.
 
@@ -131,6 +144,10 @@ class QueryCache:
         encrypt: bool = False,
         identity_region: str | None = None,
         stats_interval: float = 1.0,
+        admission: str | Mapping[str, str] = "adaptive",
+        admission_min_samples: int = 50,
+        admission_probe_calls: int = 200,
+        admission_probe_seconds: float = 30.0,
     ):
         # 1. plain values
         if not isinstance(regions, Mapping) or not regions:
@@ -169,6 +186,9 @@ class QueryCache:
         for name in regions:
             if not isinstance(name, str) or not name:
                 raise ConfigurationError(f"region names must be non-empty str, got {name!r}")
+        self._admission = _admission.region_modes(admission, regions)
+        self._policy = _admission.Policy(admission_min_samples, admission_probe_calls,
+                                         admission_probe_seconds)  # fmt: skip
         env = os.environ.get(DISABLED_ENV, "").strip().lower()
         if env not in _TRUE and env not in _FALSE:
             raise ConfigurationError(

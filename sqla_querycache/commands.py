@@ -413,6 +413,7 @@ def _rows(report: Report, by: str) -> Rows:
         for s in report["statements"]:
             row = dict(s)
             row["tables"] = ",".join(s["tables"])
+            row["bypass_reasons"] = ", ".join(f"{k}={v}" for k, v in s["bypass_reasons"].items())
             out.append(row)
         return out
     if by == "process":

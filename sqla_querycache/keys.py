@@ -37,6 +37,7 @@ class Plan:
     """Per statement shape and bind: the static key part and the tables read."""
 
     __slots__ = (
+        "adm",
         "compiled",
         "derived",
         "digest",
@@ -64,6 +65,9 @@ class Plan:
         self.rowkey: Any = None
         #: [bytes per row, retry time, misses left] after a result too large to store
         self.too_large: list[Any] | None = None
+        #: the shape's admission state (:class:`.admission.Shape`, shared by plans of one
+        #: digest), set at its first execution
+        self.adm: Any = None
 
     @property
     def reads_tables(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm.interfaces import UserDefinedOption
 
+from .admission import check_mode
 from .exc import ConfigurationError
 
 #: execution option naming the region a statement or a session caches in
@@ -28,11 +29,22 @@ class FromCache(UserDefinedOption):
 
         stmt = select(Product).where(Product.category_id == 3)
         session.execute(stmt.options(FromCache("hot", expiration_time=5)))
+
+    ``admission`` pins whether the cache is consulted for this statement:
+    ``"always"``, ``"never"`` or ``"adaptive"`` (only while its expected saving
+    is positive); None (the default) follows the region's setting
+    (``QueryCache(admission=...)``).
     """
 
     propagate_to_loaders = False
 
-    def __init__(self, region: str = "default", *, expiration_time: float | None = None):
+    def __init__(
+        self,
+        region: str = "default",
+        *,
+        expiration_time: float | None = None,
+        admission: str | None = None,
+    ):
         if not isinstance(region, str) or not region:
             raise ConfigurationError(f"FromCache region must be a non-empty str, got {region!r}")
         if expiration_time is not None and (
@@ -43,13 +55,19 @@ class FromCache(UserDefinedOption):
             raise ConfigurationError(
                 f"FromCache expiration_time must be a positive number, got {expiration_time!r}"
             )
+        if admission is not None:
+            check_mode("FromCache admission", admission)
         self.region = region
         self.expiration_time = expiration_time
+        #: pins the statement's admission ("always", "never", "adaptive"); None: the
+        #: region's (QueryCache(admission=...))
+        self.admission = admission
         super().__init__(payload=(region, expiration_time))
 
     def __repr__(self) -> str:
         ttl = "" if self.expiration_time is None else f", expiration_time={self.expiration_time}"
-        return f"FromCache({self.region!r}{ttl})"
+        adm = "" if self.admission is None else f", admission={self.admission!r}"
+        return f"FromCache({self.region!r}{ttl}{adm})"
 
 
 class NoCache(UserDefinedOption):

@@ -37,11 +37,23 @@ REGION_COUNTERS = (
     "corrupt", "errors",
 )  # fmt: skip
 
+#: why a read went to the database on purpose (``Stats.bypass``), per statement too
+BYPASS_REASONS = (
+    "written", "snapshot", "state_changed", "store_failed", "unavailable", "not_worth_it",
+    "never",
+)  # fmt: skip
 #: per statement: counters (index = position); ``db_seconds`` is a float
 STATEMENT_COUNTERS = (
     "hits", "misses", "bypassed", "stores", "too_large", "not_stored", "errors",
-    "db_seconds", "bytes_stored",
+    "db_seconds", "bytes_stored", *("bypassed:" + r for r in BYPASS_REASONS),
 )  # fmt: skip
+#: per statement, a gauge per admission state: 1 in the process whose shape is in it
+#: (summed app-wide: how many processes are in each state)
+ADMISSION_GAUGES = {
+    "admitted": "adm_admitted", "not worth it": "adm_not_worth_it", "probing": "adm_probing",
+    "always": "adm_always", "never": "adm_never",
+}  # fmt: skip
+_GAUGE_STATE = {v: k for k, v in ADMISSION_GAUGES.items()}
 _S = {name: i for i, name in enumerate(STATEMENT_COUNTERS)}
 _HITS = _S["hits"]
 
@@ -125,6 +137,20 @@ class StatementStats(TypedDict):
     saved_seconds: float
     #: mean size of a stored entry (bytes), None before any
     entry_bytes: int | None
+    #: bypassed, by reason (as the regions' ``bypass_reasons``)
+    bypass_reasons: dict[str, int]
+    #: admission (README "Admission"): "admitted", "not worth it", "probing", or a pin
+    #: ("always", "never"); app-wide: the state most processes report, with their
+    #: count when they differ ("not worth it (2 of 3 processes)"); None: never run
+    admission: str | None
+    #: this process's averages for the shape (None when it has not run it here):
+    #: hit ratio of its lookups, what a hit / a miss / the uncached query costs (µs),
+    #: and the expected saving per call (µs; negative: not worth it)
+    admission_hit_ratio: float | None
+    hit_us: float | None
+    miss_us: float | None
+    uncached_us: float | None
+    saving_us: float | None
 
 
 class ProcessInfo(TypedDict):
@@ -288,6 +314,10 @@ class Stats:
         self.flush_lock = threading.Lock()
         self._tracing = 0  # DEBUG traces open, in any thread (ReadPath._traced)
         self._trace = threading.local()
+        #: plan digest -> admission.Shape, kept alive by the plans that use it
+        self.shapes: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
+        #: set by close(): the admission gauges read zero (this process stops counting)
+        self.closed = False
 
     # -- counting (called by the read and write paths)
 
@@ -348,7 +378,11 @@ class Stats:
             c["bypassed"] += 1
             c["bypassed:" + reason] += 1
             if plan is not None:
-                self._row(region, plan)[_S["bypassed"]] += 1
+                row = self._row(region, plan)
+                row[_S["bypassed"]] += 1
+                i = _S.get("bypassed:" + reason)
+                if i is not None:
+                    row[i] += 1
 
     def missed(self, region: str, plan: Any, seconds: float) -> None:
         """A miss ran the query in ``seconds``."""
@@ -433,7 +467,18 @@ class Stats:
             return {name: dict(c) for name, c in sorted(self._tables.items())}
 
     def report(self) -> Report:
-        return build_report("process", self.snapshot(), self.metas(), [])
+        return build_report("process", self.snapshot(), self.metas(), [], self.estimates())
+
+    def estimates(self) -> dict[str, dict[str, Any]]:
+        """Fingerprint -> this process's admission averages (``admission.Shape.summary``)."""
+        with self._lock:
+            fps = dict(self._fps)
+        out = {}
+        for digest, shape in list(self.shapes.items()):
+            fp = fps.get(digest)
+            if fp is not None and fp != OTHER:
+                out[fp] = shape.summary()
+        return out
 
     def metas(self) -> dict[str, _Meta]:
         with self._lock:
@@ -461,6 +506,11 @@ class Stats:
             for k, v in zip(STATEMENT_COUNTERS, row):
                 if v:
                     out[f"s|{fp}|{k}"] = v
+        if not self.closed:
+            for digest, shape in list(self.shapes.items()):
+                known = self._fps.get(digest)
+                if known is not None and known != OTHER:
+                    out[f"s|{known}|{ADMISSION_GAUGES[shape.describe()]}"] = 1
         return out
 
     def reset(self) -> None:
@@ -474,7 +524,12 @@ class Stats:
             for row in self._stmts.values():
                 for i in range(len(row)):
                     row[i] = 0.0 if STATEMENT_COUNTERS[i] == "db_seconds" else 0
-            self._flushed = {k: -v for k, v in pending.items()}
+            # gauges are states, not counts: the shared store holds what was flushed
+            gauges = {k: v for k, v in self._flushed.items()
+                      if k.rpartition("|")[2] in _GAUGE_STATE}  # fmt: skip
+            self._flushed = {k: -v for k, v in pending.items()
+                             if k.rpartition("|")[2] not in _GAUGE_STATE}  # fmt: skip
+            self._flushed.update(gauges)
 
 
 def _delta(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -504,10 +559,28 @@ def _ratio(hits: int, misses: int) -> float | None:
     return round(hits / looked, 4) if looked else None
 
 
+def _admission_state(c: dict[str, float]) -> str | None:
+    """The state the most processes report (gauges summed), and how many when they differ."""
+    states = [(int(c.get(g, 0)), state) for state, g in ADMISSION_GAUGES.items()]
+    states = [(n, state) for n, state in states if n > 0]
+    if not states:
+        return None
+    states.sort(key=lambda x: -x[0])
+    n, state = states[0]
+    total = sum(n for n, _ in states)
+    return state if n == total else f"{state} ({n} of {total} processes)"
+
+
 def build_report(
-    scope: str, fields: dict[str, float], metas: dict[str, Any], processes: list[ProcessInfo]
+    scope: str,
+    fields: dict[str, float],
+    metas: dict[str, Any],
+    processes: list[ProcessInfo],
+    estimates: dict[str, dict[str, Any]] | None = None,
 ) -> Report:
-    """Flat fields (``kind|name|counter``: a snapshot, or the shared hash) -> a Report."""
+    """Flat fields (``kind|name|counter``: a snapshot, or the shared hash) -> a Report.
+
+    ``estimates``: this process's admission averages per fingerprint."""
     regions: dict[str, defaultdict[str, float]] = {}
     tables: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
     classes: dict[str, dict[str, Any]] = defaultdict(dict)
@@ -543,7 +616,16 @@ def build_report(
             "mean_miss_seconds": None if mean is None else round(mean, 6),
             "saved_seconds": round(saved, 6),
             "entry_bytes": round(c.get("bytes_stored", 0) / stores) if stores else None,
+            "bypass_reasons": {k.partition(":")[2]: int(v) for k, v in sorted(c.items())
+                               if k.startswith("bypassed:") and v},
+            "admission": _admission_state(c), "admission_hit_ratio": None, "hit_us": None,
+            "miss_us": None, "uncached_us": None, "saving_us": None,
         }  # fmt: skip
+        est = (estimates or {}).get(fp)
+        if est is not None:
+            row.update(est)  # type: ignore[typeddict-item]
+            if scope == "app":  # the shared state, this process's averages
+                row["admission"] = _admission_state(c) or est["admission"]
         statements.append(row)
         saved_by_region[region] += saved
         for t in stables:
@@ -734,10 +816,11 @@ class AppStats:
         fields, metas, processes = self.store.read()
         for fp, meta in self.stats.metas().items():
             metas.setdefault(fp, meta)
-        return build_report("app", fields, metas, processes)
+        return build_report("app", fields, metas, processes, self.stats.estimates())
 
     def close(self) -> None:
         self._stop.set()
+        self.stats.closed = True  # this process's admission states leave the sums
         self.flush()
 
 

@@ -99,6 +99,13 @@ BAD: dict[str, list[Any]] = {
     "require_versions": BAD_FLAGS,
     "secret": bad_secrets(),
     "encrypt": BAD_FLAGS,
+    "admission": [
+        "", "ADAPTIVE", "Always", "sometimes", None, 1, True, b"always", ["always"],
+        {"nope": "always"}, {"default": "maybe"}, {"default": None}, {"default": 1},
+    ],  # fmt: skip
+    "admission_min_samples": bad_ints(1, 1 << 30),
+    "admission_probe_calls": bad_ints(1, 1 << 30),
+    "admission_probe_seconds": bad_seconds(maximum=86400.0),
 }
 #: what the message says, when it is not the argument's own name
 MENTIONS = {"regions": "region"}
@@ -165,6 +172,10 @@ GOOD: dict[str, list[Any]] = {
         (GOOD_SECRET, "y" * 40),
     ],  # fmt: skip
     "encrypt": [False],
+    "admission": ["adaptive", "always", "never", {}, {"default": "never"}],
+    "admission_min_samples": [1, 1 << 30],
+    "admission_probe_calls": [1, 1 << 30],
+    "admission_probe_seconds": [0.001, 86400],
 }
 
 
