@@ -25,25 +25,30 @@ FastAPI app with synchronous endpoints does; one Session per request):
 - ``GET /mix/{workload}/{a}/{b}``: a read or a write chosen by the server from two
   random numbers of 0..999999 (for load generators without scripting, see
   ``e2e.py``);
-- ``GET /_stats``, ``POST /_invalidate``, ``GET /_health``: for the harness.
+- ``GET /_stats``, ``GET /_written``, ``POST /_replay``, ``GET /_health``: for the
+  harness.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import flag_modified
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sqla_querycache import QueryCache, demo
+from sqla_querycache import NoCache, QueryCache, demo
 
 from . import e2e_pick
 
@@ -55,16 +60,18 @@ POOL = int(os.environ.get("QC_E2E_POOL", "12"))
 #: region of each read workload (one per workload, so that stats() is per workload)
 REGIONS = ("category_page", "customer_orders", "product", "revenue_report")
 
-engine = demo.make_engine(DB_URL) if DB_URL.startswith("sqlite") else None
-if engine is None:
-    from sqlalchemy import create_engine
-
+if DB_URL.startswith("sqlite"):
+    engine = demo.make_engine(DB_URL)
+else:  # a pool as large as the load's connections, so no request waits for one
     engine = create_engine(DB_URL, pool_size=POOL, max_overflow=8)
 # a session class of the app's own: installing touches only this app's sessions
 AppSession = type("AppSession", (Session,), {})
-SessionLocal = sessionmaker(engine, class_=AppSession)
+SessionLocal: sessionmaker[Session] = sessionmaker(engine, class_=AppSession)
 
 cache: QueryCache | None = None
+#: products updated by this app when it has no cache (see /_written and /_replay)
+written: set[int] = set()
+_written_lock = threading.Lock()
 if MODE != "none":
     from dogpile.cache import make_region
 
@@ -128,9 +135,12 @@ def set_price(product_id: int, cents: int) -> JSONResponse:
         p = s.get(demo.Product, product_id)
         if p is None:
             return JSONResponse({"error": "no such product"}, status_code=404)
-        p.price = Decimal(cents).scaleb(-2)
+        price = p.price = Decimal(cents).scaleb(-2)
         s.commit()
-        return JSONResponse({"id": product_id, "price": plain(p.price)})
+    if cache is None:
+        with _written_lock:
+            written.add(product_id)
+    return JSONResponse({"id": product_id, "price": plain(price)})
 
 
 def _int(request: Request, name: str) -> int:
@@ -185,10 +195,35 @@ def r_stats(request: Request) -> JSONResponse:
     return JSONResponse({"mode": MODE, "enabled": cache.enabled, "regions": cache.stats()})
 
 
-def r_invalidate(request: Request) -> JSONResponse:
-    if cache is not None:
-        cache.invalidate(demo.Product)
-    return JSONResponse({"mode": MODE})
+def r_written(request: Request) -> JSONResponse:
+    """The products this app (without a cache) updated since the last call."""
+    with _written_lock:
+        ids = sorted(written)
+        written.clear()
+    return JSONResponse(ids)
+
+
+async def r_replay(request: Request) -> JSONResponse:
+    """Write again the products another app updated, so this app's cache sees those writes.
+
+    The baseline app has no cache: its writes do not reach this one's versions.
+    Replaying them as ORM updates (the same price, the column flagged as changed)
+    invalidates what this app's own writes would have (the rows, their category's
+    page), batch by batch of at most 200 rows a transaction (above 256 rows one
+    transaction would invalidate all of the table's rows).
+    """
+    ids = [int(i) for i in await request.json()]
+    await run_in_threadpool(_replay, ids)
+    return JSONResponse({"mode": MODE, "replayed": len(ids)})
+
+
+def _replay(ids: list[int]) -> None:
+    for start in range(0, len(ids), 200):
+        with SessionLocal() as s:
+            stmt = select(demo.Product).where(demo.Product.id.in_(ids[start : start + 200]))
+            for p in s.scalars(stmt.options(NoCache())):
+                flag_modified(p, "price")
+            s.commit()
 
 
 def r_health(request: Request) -> JSONResponse:
@@ -212,7 +247,8 @@ app = Starlette(
         Route("/product/{id:int}/price", r_price, methods=["POST"]),
         Route("/mix/{workload}/{a:int}/{b:int}", r_mix),
         Route("/_stats", r_stats),
-        Route("/_invalidate", r_invalidate, methods=["POST"]),
+        Route("/_written", r_written),
+        Route("/_replay", r_replay, methods=["POST"]),
         Route("/_health", r_health),
     ],
     lifespan=lifespan,
