@@ -64,13 +64,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if missing:
         terminalreporter.write_line(f"sqla_querycache: {missing} PostgreSQL/MariaDB cases skipped: "
                                     f"{SKIP_HINT}")  # fmt: skip
-    # memcached (tests/test_memcached.py) and the examples (tests/test_examples.py):
+    # memcached (tests/test_memcached.py), the examples (tests/test_examples.py) and the
+    # end-to-end benchmark (tests/test_e2e_bench.py):
     # one line per reason
     reasons: dict[str, int] = {}
     for rep in skipped:
         longrepr = getattr(rep, "longrepr", "")
         text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-        for prefix in ("memcached cases skipped: ", "examples skipped: "):
+        prefixes = ("memcached cases skipped: ", "examples skipped: ", "e2e benchmark skipped: ")
+        for prefix in prefixes:
             if prefix in text:
                 reason = prefix + text.split(prefix, 1)[1]
                 reasons[reason] = reasons.get(reason, 0) + 1
