@@ -483,6 +483,25 @@ class QueryCache:
 
         return explain(self, statement, session_or_bind)
 
+    def get_by(self, session: Any, entity: Any, **values: Any) -> Any:
+        """The object of ``entity`` whose declared unique key has these values, or None.
+
+        ``cache.get_by(session, User, email="a@example.com")``: like
+        ``session.get`` for a unique key other than the primary key (a
+        ``unique=True`` column, a ``UniqueConstraint`` or a unique ``Index``;
+        anything else raises ``ConfigurationError``). A hit costs an index
+        entry and the row's identity entry, and is served only if the object
+        still has these values (see ``sqla_querycache.index``); writes to other
+        rows never make it miss. Needs ``identity_region``. With an
+        ``AsyncSession`` this returns an awaitable.
+        """
+        from . import index
+
+        run_sync = getattr(session, "run_sync", None)
+        if run_sync is not None and not isinstance(session, Session):
+            return run_sync(lambda s: index.get_by(self, s, entity, values))
+        return index.get_by(self, session, entity, values)
+
     def invalidate_region(self, name: str) -> None:
         """Invalidate every entry of one region, in every process sharing the versions."""
         self._region(name)
