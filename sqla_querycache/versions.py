@@ -156,6 +156,10 @@ class _Circuit:
         if self.down_until and time.monotonic() < self.down_until:
             raise Unavailable("version store cooling down after a failure")
 
+    def check_quiet(self) -> bool:
+        """True while cooling down (what :meth:`check` would refuse)."""
+        return bool(self.down_until) and time.monotonic() < self.down_until
+
     def failed(self) -> None:
         now = time.monotonic()
         self.down_until = now + self.cooldown
@@ -820,11 +824,20 @@ class RedisVersions:
         bypasses them until it lands. Never raises.
 
         Every attempt asks the server itself (:meth:`_probe`): the circuit's
-        cool-down is no evidence that the store is away. A commit that gave up
-        on a cool-down while other processes reached the store again (and made
-        a fresh epoch) would let them serve the rows it changed.
+        cool-down is no evidence that the store is away. Once the outage's
+        lease has run out, a commit in the cool-down does not ask before the
+        database commit: :meth:`settle_unmarked` asks after it, which is what
+        the promise needs (a commit that trusted the cool-down there while other
+        processes reached the store again, under a fresh epoch, would let them
+        serve the rows it changed).
         """
         delay = 0.01
+        if self._circuit.check_quiet() and self.commit_wait_remaining() <= 0:
+            # the lease of this outage has run out and the store is cooling down:
+            # commit unmarked at once; settle_unmarked asks the server itself
+            # after the database commit, which is what the promise needs (one
+            # ask per commit, not two)
+            return False
         # never past ``lease`` from this commit's first failure either: other
         # threads' successes (reads, the heartbeat) restart the outage clock,
         # and a store that answers them but keeps refusing this write must
