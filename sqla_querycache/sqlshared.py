@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, delete, select
 
-from .stats import MAX_STATEMENTS, OTHER, PROCESS_SEEN_SECONDS, ProcessInfo, _Meta
+from .stats import (
+    MAX_STATEMENTS,
+    OTHER,
+    PROCESS_SEEN_SECONDS,
+    ProcessInfo,
+    _Meta,
+    fold_overflow,
+)
 from .versions import Unavailable
 
 if TYPE_CHECKING:
@@ -162,18 +169,7 @@ class SqlShared:
                 _execute(cursor, dialect, select(t.c.name).where(
                     t.c.namespace == self.namespace, t.c.kind == "s"))  # fmt: skip
                 known = {r[0] for r in cursor.fetchall()}
-                room = MAX_STATEMENTS - len(known)
-                for fp in list(new):
-                    if fp in known:
-                        continue
-                    if room <= 0:  # full: its counts go to "other"
-                        new.pop(fp)
-                        for k in list(delta):
-                            if k.startswith(f"s|{fp}|"):
-                                field = f"s|{OTHER}|" + k.rpartition("|")[2]
-                                delta[field] = delta.get(field, 0) + delta.pop(k)
-                        continue
-                    room -= 1
+                fold_overflow(new, known, MAX_STATEMENTS - len(known), delta)
                 rows = [self._row("s", fp, 0, "\x1f".join([m.region, ",".join(m.tables), m.sql]))
                         for fp, m in new.items()]  # fmt: skip
                 if rows:

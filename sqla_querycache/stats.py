@@ -25,7 +25,7 @@ import time
 import uuid
 import weakref
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol, TypedDict
 
@@ -532,6 +532,27 @@ class Stats:
             self._flushed.update(gauges)
 
 
+def fold_overflow(new: dict[str, Any], known: Container[str], room: int,
+                  delta: dict[str, float]) -> None:  # fmt: skip
+    """A shared store with ``room`` statement rows left: keep in ``new`` the
+    statements it takes (those in ``known`` take none), and fold the counts of
+    the others in ``delta`` into the "other" row."""
+    folded: dict[str, float] = {}
+    for fp in list(new):
+        if fp in known or fp == OTHER:
+            continue
+        if room <= 0:  # full: count it as "other" in the shared store
+            new.pop(fp)
+            for k in list(delta):
+                if k.startswith(f"s|{fp}|"):
+                    field = f"s|{OTHER}|" + k.rpartition("|")[2]
+                    folded[field] = folded.get(field, 0) + delta.pop(k)
+            continue
+        room -= 1
+    for k, v in folded.items():
+        delta[k] = delta.get(k, 0) + v
+
+
 def _delta(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     out = {}
     for k, v in now.items():
@@ -688,23 +709,10 @@ class RedisStatsStore:
         if new:
             known = client.hlen(self.statements)
             room = MAX_STATEMENTS - int(known or 0)
-            folded: dict[str, float] = {}
             existing = (
                 set(_str(k) for k in client.hkeys(self.statements)) if room < len(new) else set()
             )
-            for fp in list(new):
-                if fp in existing or fp == OTHER:
-                    continue
-                if room <= 0:  # full: count it as "other" in the shared store
-                    new.pop(fp)
-                    for k in list(delta):
-                        if k.startswith(f"s|{fp}|"):
-                            field = f"s|{OTHER}|" + k.rpartition("|")[2]
-                            folded[field] = folded.get(field, 0) + delta.pop(k)
-                    continue
-                room -= 1
-            for k, v in folded.items():
-                delta[k] = delta.get(k, 0) + v
+            fold_overflow(new, existing, room, delta)
         pipe = client.pipeline(transaction=False)
         for field, value in delta.items():
             if isinstance(value, float) and not value.is_integer():

@@ -221,6 +221,29 @@ def test_counts_wait_for_the_flusher_not_the_hit(sql_db: Any) -> None:
         cache.close()
 
 
+def test_statements_are_bounded_in_the_sql_store(sql_db: Any, monkeypatch: Any) -> None:
+    """Past the bound, a new statement's counts go to the "other" row."""
+    from sqla_querycache import sqlshared
+
+    monkeypatch.setattr(sqlshared, "MAX_STATEMENTS", 2)
+    ns = f"qcsql{uuid.uuid4().hex[:6]}"
+    maker = sessionmaker(sql_db)
+    cache = QueryCache(regions={"default": memory_region()}, versions=sql_db, namespace=ns,
+                       stats_interval=0).install(maker)  # fmt: skip
+    try:
+        for entity in (models.Tag, models.Customer, models.Category):
+            with maker() as s:  # a session each (MariaDB's snapshot rule)
+                s.scalars(select(entity).options(FromCache())).all()
+        assert cache.flush_stats() is True
+        report = cache.report("app")
+        fps = [st["fingerprint"] for st in report["statements"]]
+        assert len(fps) == 3 and "other" in fps
+        other = next(st for st in report["statements"] if st["fingerprint"] == "other")
+        assert other["misses"] == 1
+    finally:
+        cache.close()
+
+
 def test_no_stats_table_costs_the_stats_not_the_cache(engine: Any, caplog: Any) -> None:
     import logging
 
