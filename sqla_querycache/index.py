@@ -28,6 +28,8 @@ session bypass the cache: the uncached query sees them after its autoflush.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from typing import Any
 
 from sqlalchemy import inspect, select
@@ -41,8 +43,10 @@ from .options import NoCache
 INDEX_FORMAT = 1
 
 
-def unique_keys(mapper: Any) -> list[frozenset[str]]:
-    """The attribute-name sets that a declared constraint or index makes unique."""
+@functools.cache
+def unique_keys(mapper: Any) -> tuple[frozenset[str], ...]:
+    """The attribute-name sets that a declared constraint or index makes unique
+    (worked out once per mapper: declared tables do not change)."""
     table = mapper.local_table
     by_column = {}
     for prop in mapper.column_attrs:
@@ -65,7 +69,7 @@ def unique_keys(mapper: Any) -> list[frozenset[str]]:
     for ix in table.indexes:
         if ix.unique and all(hasattr(c, "table") for c in ix.expressions):
             add(list(ix.expressions))
-    return keys
+    return tuple(keys)
 
 
 def check_key(mapper: Any, values: dict[str, Any]) -> None:
@@ -93,8 +97,6 @@ def index_key(cache: Any, mapper: Any, values: dict[str, Any]) -> str | None:
                               [k for k, _ in items], [v for _, v in items]])  # fmt: skip
     except Exception:
         return None
-    import hashlib
-
     digest = hashlib.blake2b(packed, digest_size=16).hexdigest()
     return f"{cache.namespace}:ix:{digest}"
 
@@ -110,13 +112,13 @@ def get_by(cache: Any, session: Session, entity: Any, values: dict[str, Any]) ->
     if key is not None and _unsaved(session, mapper):
         key = None  # the query's autoflush must see them
     if key is not None:
-        obj = _hit(cache, session, entity, mapper, region, key, values)
+        obj = _hit(cache, session, entity, region, key, values)
         if obj is not None:
             return obj
     stmt = select(entity).filter_by(**values).options(NoCache())
     obj = session.execute(stmt).scalars().one_or_none()
     if obj is not None and key is not None:
-        _store(cache, session, mapper, region, key, obj)
+        _store(cache, mapper, region, key, obj)
     return obj
 
 
@@ -127,7 +129,7 @@ def _unsaved(session: Session, mapper: Any) -> bool:
     return False
 
 
-def _hit(cache: Any, session: Session, entity: Any, mapper: Any, region: Any, key: str,
+def _hit(cache: Any, session: Session, entity: Any, region: Any, key: str,
          values: dict[str, Any]) -> Any:  # fmt: skip
     try:
         raw = region.get(key)
@@ -149,7 +151,7 @@ def _hit(cache: Any, session: Session, entity: Any, mapper: Any, region: Any, ke
     return obj if same is True else None
 
 
-def _store(cache: Any, session: Session, mapper: Any, region: Any, key: str, obj: Any) -> None:
+def _store(cache: Any, mapper: Any, region: Any, key: str, obj: Any) -> None:
     try:
         ident = list(mapper.identity_key_from_instance(obj)[1])
         blob = codec.packb([INDEX_FORMAT, key, ident])

@@ -152,13 +152,13 @@ class _Circuit:
         self.down_until = 0.0
         self.outage_began: float | None = None
 
-    def check(self) -> None:
-        if self.down_until and time.monotonic() < self.down_until:
-            raise Unavailable("version store cooling down after a failure")
-
-    def check_quiet(self) -> bool:
-        """True while cooling down (what :meth:`check` would refuse)."""
+    def cooling_down(self) -> bool:
+        """True while :meth:`check` refuses calls."""
         return bool(self.down_until) and time.monotonic() < self.down_until
+
+    def check(self) -> None:
+        if self.cooling_down():
+            raise Unavailable("version store cooling down after a failure")
 
     def failed(self) -> None:
         now = time.monotonic()
@@ -832,7 +832,7 @@ class RedisVersions:
         serve the rows it changed).
         """
         delay = 0.01
-        if self._circuit.check_quiet() and self.commit_wait_remaining() <= 0:
+        if self._circuit.cooling_down() and self.commit_wait_remaining() <= 0:
             # the lease of this outage has run out and the store is cooling down:
             # commit unmarked at once; settle_unmarked asks the server itself
             # after the database commit, which is what the promise needs (one
