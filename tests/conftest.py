@@ -198,6 +198,17 @@ def redis_region(url: str, **arguments: Any) -> Any:
     )
 
 
+def identity_cache(region_kind: str, request: Any) -> QueryCache:
+    """A QueryCache whose one region, "default", is also its identity region:
+    Redis for the region and the versions (the database flushed), or memory."""
+    if region_kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("redis_client")  # flushed
+        return QueryCache(regions={"default": redis_region(url)}, versions=url,
+                          identity_region="default")  # fmt: skip
+    return QueryCache(regions={"default": memory_region()}, identity_region="default")
+
+
 @pytest.fixture(params=["memory", "redis"])
 def region_kind(request: Any) -> str:
     return request.param

@@ -21,7 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqla_querycache import QueryCache
 from sqla_querycache.exc import ConfigurationError
 
-from .conftest import StatementCounter, memory_region, redis_region
+from .conftest import StatementCounter, identity_cache, memory_region
 
 
 class Base(DeclarativeBase):
@@ -53,13 +53,7 @@ def gb(engine: Any, region_kind: str, request: Any) -> Iterator[tuple[QueryCache
         s.add_all(Account(id=i, email=EMAILS[i], tenant=i % 2, handle=f"h{i}", code=100 + i)
                   for i in range(1, 6))  # fmt: skip
         s.commit()
-    if region_kind == "redis":
-        url = request.getfixturevalue("redis_url")
-        request.getfixturevalue("redis_client")  # flushed
-        cache = QueryCache(regions={"default": redis_region(url)}, versions=url,
-                           identity_region="default")  # fmt: skip
-    else:
-        cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache = identity_cache(region_kind, request)
     maker = sessionmaker(engine, class_=type("GetBySession", (Session,), {}))
     cache.install(maker)
     yield cache, maker, engine

@@ -27,18 +27,12 @@ from sqla_querycache import NoCache, QueryCache
 from sqla_querycache.exc import ConfigurationError
 
 from . import models as m
-from .conftest import StatementCounter, memory_region, redis_region
+from .conftest import StatementCounter, identity_cache, memory_region, redis_region
 
 
 @pytest.fixture()
 def idc(engine: Any, region_kind: str, request: Any) -> Iterator[tuple[QueryCache, Any]]:
-    if region_kind == "redis":
-        url = request.getfixturevalue("redis_url")
-        request.getfixturevalue("redis_client")  # flushed
-        cache = QueryCache(regions={"default": redis_region(url)}, versions=url,
-                           identity_region="default")  # fmt: skip
-    else:
-        cache = QueryCache(regions={"default": memory_region()}, identity_region="default")
+    cache = identity_cache(region_kind, request)
     maker = sessionmaker(engine)
     cache.install(Session)
     yield cache, maker
