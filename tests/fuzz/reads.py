@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     and_,
     exists,
     func,
@@ -66,6 +67,29 @@ def render(value: Any) -> Any:
     if t is float:
         return ("float", repr(value))
     return (t.__name__, value)
+
+
+def _flush_expired() -> frozenset[tuple[str, str]]:
+    """(class name, attribute) of every column property a flush expires: SQL
+    expressions (not plain columns) with ``expire_on_flush``."""
+    out = set()
+    for mapper in S.FuzzBase.registry.mappers:
+        for p in mapper.column_attrs:
+            if p.expire_on_flush and any(not isinstance(c, Column) for c in p.columns):
+                out.add((mapper.class_.__name__, p.key))
+    return frozenset(out)
+
+
+def without_flush_expired(rendered: Any) -> Any:
+    """``rendered`` (from :func:`render`) without the attributes a flush expires."""
+    drop = _flush_expired()
+    if isinstance(rendered, tuple):
+        if len(rendered) == 5 and rendered[0] == "E":
+            _, cls, ident, columns, related = rendered
+            columns = tuple(c for c in columns if (cls, c[0]) not in drop)
+            return ("E", cls, ident, columns, related)
+        return tuple(without_flush_expired(v) for v in rendered)
+    return rendered
 
 
 def _ident(obj: Any) -> Any:
