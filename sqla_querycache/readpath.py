@@ -50,6 +50,12 @@ _DEBUG = logging.DEBUG
 
 #: at most this many siblings' targets are prefetched by one lazy load
 _PREFETCH_MAX = 500
+#: sibling's InstanceState -> the target a prefetch loaded for it. The identity
+#: map holds clean objects weakly: without this, a prefetched target nobody
+#: references yet is collected before the sibling's lazy load looks for it.
+#: The pin lives as long as the sibling (the relationship itself is left to the
+#: lazy load, which reads the foreign key as it is then).
+_PINNED: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 #: execution option of get_many's first pass (a list the read path appends to)
 PROBE_OPTION = "_qc_probe"
 #: at most this many names are learned from an entry written elsewhere
@@ -484,13 +490,15 @@ class ReadPath:
             # batch is looked up in one round trip (ReadPath.lookup_many)
             probe.append((orm_state, region, key, names, plan, ttl))
             return plan.shape.result([], None)
+        result = None
         if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
                 and _lazy_parent(orm_state) is not None):  # fmt: skip
-            try:
-                self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
+            try:  # the lazy load's own target is looked up in the same batch
+                result = self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
             except Exception as err:  # an optimisation: never the user's error
                 cache._warn(("prefetch", type(err)), "prefetch failed: %r", err)
-        result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
+        if result is None:
+            result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
             shape.hit(time.perf_counter() - t0, cache._policy)
@@ -865,7 +873,7 @@ class ReadPath:
         key: str,
         names: tuple[str, ...],
         ttl: float | None,
-    ) -> None:
+    ) -> Any:
         """A many-to-one lazy load: load its siblings' targets too, in one round trip.
 
         The siblings are the objects of the parent's class in the session whose
@@ -873,7 +881,10 @@ class ReadPath:
         customer). Their targets are looked up in one batch; those the cache
         misses are loaded by one ``IN`` query and stored, each under the
         versions the batch read before it ran. They land in the identity map,
-        where the siblings' own lazy loads find them without SQL.
+        pinned to their siblings (``_PINNED``), where the siblings' own lazy
+        loads find them without SQL. The lazy load's own target is the batch's
+        first lookup: its Result if that was a hit (else None: the caller looks
+        it up, a hit if the ``IN`` query just stored it).
         """
         from sqlalchemy import tuple_
         from sqlalchemy.orm.base import LoaderCallableStatus, PassiveFlag
@@ -887,10 +898,14 @@ class ReadPath:
         strategy = getattr(prop, "_lazy_strategy", None)
         if (not isinstance(prop, RelationshipProperty) or target is None or strategy is None
                 or not getattr(strategy, "use_get", False)):  # fmt: skip
-            return
+            return None
         token = getattr(parent, "identity_token", None)
         idmap = session.identity_map
-        wanted: dict[tuple[Any, ...], None] = {}
+        wanted: dict[tuple[Any, ...], list[Any]] = {}
+        own_ident = tuple(
+            strategy._get_ident_for_use_get(session, parent, PassiveFlag.PASSIVE_NO_FETCH)
+        )
+        wanted[own_ident] = []  # lands on the parent: nothing to pin
         for state in list(idmap.all_states()):
             if state is parent or state.manager is not parent.manager or prop.key in state.dict:
                 continue
@@ -898,13 +913,16 @@ class ReadPath:
             if any(v is None or v is LoaderCallableStatus.PASSIVE_NO_RESULT for v in ident):
                 continue
             ident = tuple(ident)
+            if ident in wanted:
+                wanted[ident].append(state)
+                continue
             if target.identity_key_from_primary_key(ident, token) in idmap:
                 continue
-            wanted[ident] = None
             if len(wanted) >= _PREFETCH_MAX:
                 break
-        if not wanted:
-            return
+            wanted[ident] = [state]
+        if len(wanted) == 1:  # no sibling needs anything: the plain lookup
+            return None
         get_params = target._get_clause[1]
         pkeys = [get_params[col].key for col in target.primary_key]
         given = orm_state.parameters
@@ -913,6 +931,10 @@ class ReadPath:
         probes = []
         idents = []
         for ident in wanted:
+            if ident == own_ident:
+                probes.append((orm_state, region, key, names, plan, ttl))
+                idents.append(ident)
+                continue
             enc = rows.encode(ident)
             if enc is None:
                 continue
@@ -926,10 +948,17 @@ class ReadPath:
             probes.append((orm_state, region, k, n, plan, ttl))
             idents.append(ident)
         found = self.lookup_many(probes, keep_versions=True)
-        missing = [(ident, p, v) for ident, p, (r, v) in zip(idents, probes, found)
-                   if r is None and v is not None]  # fmt: skip
+        missing = []
+        own_result = None
+        for ident, p, (result, versions) in zip(idents, probes, found):
+            if result is not None and ident == own_ident:
+                own_result = result
+            elif result is not None:
+                _pin(wanted[ident], result.scalars().first())
+            elif versions is not None:
+                missing.append((ident, p, versions))
         if not missing:
-            return
+            return own_result
         pk_cols = list(target.primary_key)
         cond = (pk_cols[0].in_([i[0] for i, _, _ in missing]) if len(pk_cols) == 1
                 else tuple_(*pk_cols).in_([i for i, _, _ in missing]))  # fmt: skip
@@ -942,16 +971,19 @@ class ReadPath:
             frozen = session.execute(stmt, execution_options={"autoflush": False}).freeze()
         finally:
             tracking.stop_recording(rec_token)
-        observed = rec.reads - {ALL_TABLES, rk.table}
-        if rec.impure is not None or rk.table in rec.again:
-            return
-        by_ident = {}
         scalars = frozen._source_supports_scalars  # rows are the objects themselves
-        if bool(scalars) != bool(plan.shape.scalars):
-            return  # not the shape a get stores
+        by_ident = {}
         for row in frozen.data:
             obj = row if scalars else row[0]
-            by_ident[tuple(target.primary_key_from_instance(obj))] = row
+            ident = tuple(target.primary_key_from_instance(obj))
+            by_ident[ident] = row
+            if ident in wanted:
+                _pin(wanted[ident], obj)
+        observed = rec.reads - {ALL_TABLES, rk.table}
+        if rec.impure is not None or rk.table in rec.again:
+            return own_result  # not storable: loaded for this session only
+        if bool(scalars) != bool(plan.shape.scalars):
+            return own_result  # not the shape a get stores
         shape = plan.shape
         for ident, (_, _, k, n, _, _), versions in missing:
             row = by_ident.get(ident)
@@ -960,6 +992,7 @@ class ReadPath:
             found_n, found_v = _found_row(rk, n, versions)
             self._store(region, k, found_n, found_v, plan, shape, [row],
                         preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
+        return own_result
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per
@@ -1236,6 +1269,17 @@ def _found_row(
     keep = [i for i, n in enumerate(names) if n != ins]
     k = len(versions) - len(names)  # a store's own values first (the epoch)
     return tuple(names[i] for i in keep), versions[:k] + [versions[k + i] for i in keep]
+
+
+def _pin(siblings: list[Any], obj: Any) -> None:
+    """Keep ``obj`` (a prefetched target) alive as long as each of ``siblings``."""
+    if obj is None:
+        return
+    for state in siblings:
+        try:
+            _PINNED[state] = obj
+        except TypeError:  # not weakly referenceable: the prefetch only costs a lookup
+            return
 
 
 def _lazy_parent(orm_state: ORMExecuteState) -> Any:

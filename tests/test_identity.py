@@ -830,9 +830,13 @@ def test_a_page_of_many_to_one_lazy_loads_costs_one_query_then_none(idc: Any, en
                                             .join(o).order_by(i.c.id).limit(20))]  # fmt: skip
     cold, got = read_page()
     assert got == want
-    assert cold <= 2  # the first lazy load (get) and one IN query for the others
+    assert cold <= 2, sql.statements[-cold:]  # the first lazy load (get) and one IN query for the others
+    before = hits(_cache)
     warm, got = read_page()
     assert got == want and warm == 0  # every order from the cache: one batch
+    # each order looked up once: the siblings' lazy loads find the prefetched
+    # orders in the identity map (pinned there, not collected before they ask)
+    assert hits(_cache) - before == len({b for _, b, _ in want})
     with maker(bind=bind) as s:  # a write to one of them
         s.get(m.Order, 20).placed = m.dt.date(2031, 3, 3)
         s.commit()
