@@ -174,17 +174,23 @@ class Shape:
 
     # -------------------------------------------------------- samples
 
-    def hit(self, seconds: float, policy: Policy) -> None:
-        k = self.kh = self.kh + 1
-        h = self.h
-        if k > CLIP_AFTER and seconds > CLIP * h:  # a stall (GC, a descheduled thread)
-            seconds = CLIP * h
-        self.h = h + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - h)
-        k = self.kp = self.kp + 1
-        self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
-        self.kw += 1
-        if self.kw >= policy.min_samples or self.state == PROBING:
-            self._decide(policy)
+    def hit(self, seconds: float, policy: Policy, served: int = 1) -> None:
+        """A hit that cost ``seconds``. A batch that answered ``served`` calls at
+        once (a lazy load and its siblings' prefetched targets) counts as that many
+        hits (at most a window's worth) of ``seconds / served`` each."""
+        if served > 1:
+            seconds /= served
+        for _ in range(min(served, policy.window)):
+            k = self.kh = self.kh + 1
+            h = self.h
+            if k > CLIP_AFTER and seconds > CLIP * h:  # a stall (GC, a descheduled thread)
+                seconds = CLIP * h
+            self.h = h + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - h)
+            k = self.kp = self.kp + 1
+            self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
+            self.kw += 1
+            if self.kw >= policy.min_samples or self.state == PROBING:
+                self._decide(policy)
 
     def missed(self, seconds: float, policy: Policy) -> None:
         """A lookup that did not hit cost ``seconds`` in all (lookup, query, store)."""

@@ -490,18 +490,23 @@ class ReadPath:
             # batch is looked up in one round trip (ReadPath.lookup_many)
             probe.append((orm_state, region, key, names, plan, ttl))
             return plan.shape.result([], None)
-        result = None
+        result, served = None, 1
         if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
                 and _lazy_parent(orm_state) is not None):  # fmt: skip
             try:  # the lazy load's own target is looked up in the same batch
-                result = self._prefetch(orm_state, region, plan, rk, cache_key, key, names, ttl)
+                result, served = self._prefetch(orm_state, region, plan, rk, cache_key, key,
+                                                names, ttl)  # fmt: skip
             except Exception as err:  # an optimisation: never the user's error
                 cache._warn(("prefetch", type(err)), "prefetch failed: %r", err)
         if result is None:
+            served = 1
             result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
-            shape.hit(time.perf_counter() - t0, cache._policy)
+            # a prefetch's batch answered its siblings' lazy loads too: they never
+            # reach the cache (the identity map has their targets), so admission
+            # weighs the batch as that many hits
+            shape.hit(time.perf_counter() - t0, cache._policy, served)
             if klass is not None:
                 stats.klass(klass, "hits")
             return result
@@ -873,7 +878,7 @@ class ReadPath:
         key: str,
         names: tuple[str, ...],
         ttl: float | None,
-    ) -> Any:
+    ) -> tuple[Any, int]:
         """A many-to-one lazy load: load its siblings' targets too, in one round trip.
 
         The siblings are the objects of the parent's class in the session whose
@@ -884,7 +889,9 @@ class ReadPath:
         pinned to their siblings (``_PINNED``), where the siblings' own lazy
         loads find them without SQL. The lazy load's own target is the batch's
         first lookup: its Result if that was a hit (else None: the caller looks
-        it up, a hit if the ``IN`` query just stored it).
+        it up, a hit if the ``IN`` query just stored it), and how many lazy loads
+        the batch answered (the own one and one per distinct target it pinned: what
+        the ORM would have loaded one by one).
         """
         from sqlalchemy import tuple_
         from sqlalchemy.orm.base import LoaderCallableStatus, PassiveFlag
@@ -898,7 +905,7 @@ class ReadPath:
         strategy = getattr(prop, "_lazy_strategy", None)
         if (not isinstance(prop, RelationshipProperty) or target is None or strategy is None
                 or not getattr(strategy, "use_get", False)):  # fmt: skip
-            return None
+            return None, 1
         token = getattr(parent, "identity_token", None)
         idmap = session.identity_map
         wanted: dict[tuple[Any, ...], list[Any]] = {}
@@ -922,7 +929,7 @@ class ReadPath:
                 break
             wanted[ident] = [state]
         if len(wanted) == 1:  # no sibling needs anything: the plain lookup
-            return None
+            return None, 1
         get_params = target._get_clause[1]
         pkeys = [get_params[col].key for col in target.primary_key]
         given = orm_state.parameters
@@ -949,16 +956,16 @@ class ReadPath:
             idents.append(ident)
         found = self.lookup_many(probes, keep_versions=True)
         missing = []
-        own_result = None
+        own_result, served = None, 1
         for ident, p, (result, versions) in zip(idents, probes, found):
             if result is not None and ident == own_ident:
                 own_result = result
             elif result is not None:
-                _pin(wanted[ident], result.scalars().first())
+                served += _pin(wanted[ident], result.scalars().first())
             elif versions is not None:
                 missing.append((ident, p, versions))
         if not missing:
-            return own_result
+            return own_result, served
         pk_cols = list(target.primary_key)
         cond = (pk_cols[0].in_([i[0] for i, _, _ in missing]) if len(pk_cols) == 1
                 else tuple_(*pk_cols).in_([i for i, _, _ in missing]))  # fmt: skip
@@ -978,12 +985,12 @@ class ReadPath:
             ident = tuple(target.primary_key_from_instance(obj))
             by_ident[ident] = row
             if ident in wanted:
-                _pin(wanted[ident], obj)
+                served += _pin(wanted[ident], obj)
         observed = rec.reads - {ALL_TABLES, rk.table}
         if rec.impure is not None or rk.table in rec.again:
-            return own_result  # not storable: loaded for this session only
+            return own_result, served  # not storable: loaded for this session only
         if bool(scalars) != bool(plan.shape.scalars):
-            return own_result  # not the shape a get stores
+            return own_result, served  # not the shape a get stores
         shape = plan.shape
         for ident, (_, _, k, n, _, _), versions in missing:
             row = by_ident.get(ident)
@@ -992,7 +999,7 @@ class ReadPath:
             found_n, found_v = _found_row(rk, n, versions)
             self._store(region, k, found_n, found_v, plan, shape, [row],
                         preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
-        return own_result
+        return own_result, served
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per
@@ -1271,15 +1278,17 @@ def _found_row(
     return tuple(names[i] for i in keep), versions[:k] + [versions[k + i] for i in keep]
 
 
-def _pin(siblings: list[Any], obj: Any) -> None:
-    """Keep ``obj`` (a prefetched target) alive as long as each of ``siblings``."""
-    if obj is None:
-        return
+def _pin(siblings: list[Any], obj: Any) -> int:
+    """Keep ``obj`` (a prefetched target) alive as long as each of ``siblings``;
+    1 if it was pinned (the uncached ORM would have loaded it once), else 0."""
+    if obj is None or not siblings:
+        return 0
     for state in siblings:
         try:
             _PINNED[state] = obj
         except TypeError:  # not weakly referenceable: the prefetch only costs a lookup
-            return
+            return 0
+    return 1
 
 
 def _lazy_parent(orm_state: ORMExecuteState) -> Any:

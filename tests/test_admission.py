@@ -353,6 +353,25 @@ def test_one_stall_does_not_turn_a_shape_away() -> None:
     assert shape.m > 0.030 and shape.describe() == "not worth it"
 
 
+def test_a_batch_that_answered_several_loads_counts_as_that_many_hits() -> None:
+    """A lazy load whose prefetch answered its siblings' loads too (they never
+    reach the cache): one 1 ms batch that served 13 loads of a 0.2 ms query is 13
+    hits of 77 us, worth it; counted as one 1 ms hit it would be turned away."""
+    from sqla_querycache.admission import Policy
+
+    policy = Policy(min_samples=10, probe_calls=4, probe_seconds=3600)
+    batch, single = Shape(), Shape()
+    for shape in (batch, single):
+        shape.ran(0.00015, 0.00005, policy)  # the query: 0.2 ms
+        shape.missed(0.0004, policy)  # the first page: a miss
+    for _ in range(20):
+        batch.hit(0.001, policy, served=13)
+        single.hit(0.001, policy)
+    assert batch.describe() == "admitted", batch.summary()
+    assert abs(batch.h - 0.001 / 13) < 1e-9
+    assert single.describe() == "not worth it", single.summary()
+
+
 # ------------------------------------------------------------- the promise
 
 READ = st.tuples(st.just("read"), st.integers(0, 3), st.integers(1, 45),
