@@ -238,8 +238,8 @@ class Decision:
     of the DEBUG line, and the error or the tables written.
     """
 
-    __slots__ = ("bind", "cache_key", "enc", "key", "names", "plan", "region", "region_name",
-                 "rk", "shape", "skip", "t0", "tagged", "ttl")  # fmt: skip
+    __slots__ = ("bind", "cache_key", "enc", "flush_on_hit", "key", "names", "plan", "region",
+                 "region_name", "rk", "shape", "skip", "t0", "tagged", "ttl")  # fmt: skip
 
     def __init__(self, region_name: str, ttl: float | None, tagged: bool):
         self.region_name = region_name
@@ -256,6 +256,9 @@ class Decision:
         self.shape: admission.Shape | None = None  # its admission state
         self.t0 = 0.0  # when what the cache costs this call began
         self.skip: tuple[str, str, str, Any] | None = None
+        #: the session was clean when decided: a hit autoflushes it (a no-op, as the
+        #: ORM's would be), a miss leaves it to the ORM (one autoflush either way)
+        self.flush_on_hit = False
 
 
 class Explained(Exception):
@@ -303,6 +306,9 @@ class ReadPath:
         ):
             # part of a load we cache whole (an eager load, or a lazy load run
             # while a miss records what it reads: its reads must be seen)
+            rec = tracking.current_recorder()
+            if rec is not None:
+                return _post_load(orm_state, rec)
             return None
         later = _remaining_hooks(orm_state)
         if later:
@@ -313,6 +319,12 @@ class ReadPath:
                 result = fn(orm_state)
                 if result:
                     return result
+        updated = getattr(orm_state, "_update_execution_options", None)
+        if updated:
+            # hooks' update_execution_options: SQLAlchemy applies them after the
+            # hooks (``execution_options`` was taken before); so do the key, the
+            # region, autoflush and what may be cached (yield_per, populate_existing)
+            orm_state.execution_options = orm_state.execution_options.union(updated)
         if EXPLAIN_OPTION in orm_state.execution_options:
             raise Explained(self.decide(orm_state, counting=False))
         if log.isEnabledFor(_DEBUG):  # one line per statement, built only then
@@ -423,8 +435,11 @@ class ReadPath:
         # session's transaction itself: that would cost ~20 µs a hit, measured.)
         if session._transaction is None and not session.autobegin:
             session._autobegin_t()  # raises InvalidRequestError, like the query
-        if getattr(_load_options(orm_state), "_autoflush", True):
-            session._autoflush()
+        if _autoflushes(orm_state):
+            if session._is_clean():  # nothing to flush: whoever serves it autoflushes once
+                d.flush_on_hit = True
+            else:  # before the lookup: what it writes decides what may be served
+                session._autoflush()
         rule = self._may_use(session, bind, plan)
         if rule is not None:
             d.skip = rule
@@ -509,6 +524,8 @@ class ReadPath:
             shape.hit(time.perf_counter() - t0, cache._policy, served)
             if klass is not None:
                 stats.klass(klass, "hits")
+            if d.flush_on_hit:
+                session._autoflush()
             return result
         if versions is None:  # tables in flight, or the version store is down
             stats.bypass(region_name, "unavailable", plan,
@@ -527,6 +544,8 @@ class ReadPath:
                     )
                     if result is not None:
                         shape.hit(time.perf_counter() - t0, cache._policy)
+                        if d.flush_on_hit:
+                            session._autoflush()
                         return result
                     if versions is None:
                         stats.bypass(region_name, "unavailable", plan,
@@ -641,6 +660,12 @@ class ReadPath:
         scope = orm_state.execution_options.get(SCOPE_OPTION)
         if scope is None and self.cache.scope is not None:
             scope = self.cache.scope()
+        hooks = _other_hooks(orm_state.session)
+        if hooks:
+            # the statement is keyed after the hooks, but what they do to its
+            # post-loads (selectin/subquery/immediate, which run only on a miss)
+            # is not in it: entries are shared only by sessions with the same hooks
+            scope = (scope, hooks)
         return scope
 
     # --------------------------------------------------------------- plan
@@ -1116,6 +1141,10 @@ class ReadPath:
             plan.uncacheable = rec.impure
             stats.incr(region.name, "uncacheable", plan=plan, why=str(rec.impure))
             return out
+        if rec.hooked:  # a hit would not run the post-load the hook changed
+            stats.incr(region.name, "not_stored", plan=plan,
+                       why="a do_orm_execute hook changed one of its post-loads")  # fmt: skip
+            return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
             if rk.table in rec.again:
@@ -1249,6 +1278,50 @@ def _outcome(notes: list[tuple[str, str]], trace: dict[str, Any]) -> tuple[str, 
     if "errors" in why:
         return "bypass", why["errors"]
     return "bypass", trace.get("reason", "-")
+
+
+def _post_load(orm_state: ORMExecuteState, rec: tracking.Recorder) -> Any:
+    """A statement of a load a miss is recording (an eager post-load): run as the ORM
+    would, noting in ``rec`` whether a hook changed it. A hit never runs post-loads,
+    so what hooks do to them must not be stored under the top statement's key."""
+    later = _remaining_hooks(orm_state)
+    before = orm_state.statement
+    result = None
+    for fn in later:
+        orm_state._starting_event_idx += 1
+        result = fn(orm_state)
+        if result:
+            break
+    if orm_state.statement is not before or getattr(orm_state, "_update_execution_options", None):
+        r: tracking.Recorder | None = rec
+        while r is not None:
+            r.hooked = True
+            r = r.parent
+    if result:
+        return result
+    return orm_state.invoke_statement() if later else None
+
+
+def _other_hooks(session: Session) -> tuple[str, ...]:
+    """The session's ``do_orm_execute`` listeners that are not ours, by name (stable
+    across processes): part of the key's scope."""
+    try:
+        listeners = session.dispatch.do_orm_execute
+        if not listeners:
+            return ()
+        return tuple(_hook_name(fn) for fn in listeners
+                     if not getattr(fn, "__module__", "").startswith("sqla_querycache"))  # fmt: skip
+    except Exception:
+        return ("?",)
+
+
+def _hook_name(fn: Any) -> str:
+    """module:qualname:line of a listener (the line tells apart two closures of one
+    name defined in different places; one definition's closures are one name)."""
+    code = getattr(fn, "__code__", None)
+    line = code.co_firstlineno if code is not None else 0
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return f"{getattr(fn, '__module__', '')}:{name}:{line}"
 
 
 def _remaining_hooks(orm_state: ORMExecuteState) -> list[Any]:
@@ -1387,6 +1460,16 @@ def _dbapi_isolation(conn: Connection) -> str:
             conn.dialect.get_isolation_level(dbapi_conn)
         ).upper()
     return level
+
+
+def _autoflushes(orm_state: ORMExecuteState) -> bool:
+    """Would the ORM autoflush before running it? As SQLAlchemy decides after the
+    ``do_orm_execute`` hooks: an ``autoflush`` execution option (a hook's
+    ``update_execution_options`` included) wins over the load options."""
+    opts = orm_state.execution_options
+    if "autoflush" in opts:
+        return bool(opts["autoflush"])
+    return bool(getattr(_load_options(orm_state), "_autoflush", True))
 
 
 def _load_options(orm_state: ORMExecuteState) -> Any:

@@ -103,7 +103,7 @@ def scan_sql(dialect: Any, sql: str) -> sqlscan.Analysis:
 class Recorder:
     """What the statements run during one cache miss read."""
 
-    __slots__ = ("again", "impure", "parent", "reads", "seen", "wrote")
+    __slots__ = ("again", "hooked", "impure", "parent", "reads", "seen", "wrote")
 
     def __init__(self, parent: Recorder | None):
         self.parent = parent
@@ -114,6 +114,8 @@ class Recorder:
         self.again: set[str] = set()
         self.impure: str | None = None
         self.wrote = False
+        #: a do_orm_execute hook changed one of its post-loads (statement or options)
+        self.hooked = False
 
     def add(self, found: sqlscan.Analysis, context: Any = None) -> None:
         if context is not None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select, text, update
 from sqlalchemy.exc import IntegrityError, InvalidRequestError
-from sqlalchemy.orm import Session, with_loader_criteria
+from sqlalchemy.orm import Session, selectinload, with_loader_criteria
 
 from sqla_querycache import FromCache, NoCache
 
@@ -174,6 +174,106 @@ def test_a_hit_autoflushes_like_the_query_would(engine, sql, cache):
         s.add(Tag(id=1, label="duplicate"))  # another table: the query does not read it
         with pytest.raises(IntegrityError):
             s.execute(stmt).all()  # the uncached query would flush it, and fail
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_hook_that_sets_autoflush_is_obeyed_on_a_hit(engine, sql, cache, flush):
+    """A do_orm_execute hook's ``update_execution_options(autoflush=...)`` decides,
+    as it does for the uncached query (SQLAlchemy reads it after the hooks)."""
+    stmt = select(Category).where(Category.id == 1).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()  # stored
+    for option in (FromCache(), NoCache()):
+        with Session(engine) as s:
+            event.listen(s, "do_orm_execute",
+                         lambda st: st.update_execution_options(autoflush=flush))  # fmt: skip
+            s.add(Tag(id=9001, label="pending"))
+            s.execute(stmt.options(option)).all()
+            assert bool(s.new) is not flush, option  # flushed exactly when asked
+
+
+@pytest.mark.parametrize("option", [{"yield_per": 2}, {"populate_existing": True},
+                                    {"stream_results": True}])  # fmt: skip
+def test_options_a_hook_sets_are_seen_like_the_orm_sees_them(engine, sql, cache, option):
+    """``update_execution_options`` in a hook: SQLAlchemy applies it after the hooks,
+    so the cache must see it too (a statement a hook made streaming or
+    populate_existing is never served from the cache)."""
+    stmt = select(Category).order_by(Category.id).options(FromCache())
+    with Session(engine) as s:
+        s.execute(stmt).all()  # stored
+    with Session(engine) as s:
+        event.listen(s, "do_orm_execute", lambda st: st.update_execution_options(**option))
+        mark = sql.count
+        s.execute(stmt).all()
+        assert sql.since(mark) >= 1  # ran: not a hit
+
+
+def test_a_hook_that_changes_only_post_loads_is_part_of_the_key(engine, sql, cache):
+    """A hook may change only the relationship loads (``is_relationship_load``): the
+    selectin post-load runs only on a miss, so the entry a session without the
+    hook stored must not serve a session with it (nor the reverse)."""
+    stmt = (select(Customer).where(Customer.id == 1)
+            .options(selectinload(Customer.orders), FromCache()))  # fmt: skip
+
+    def only_recent(st: Any) -> None:
+        if st.is_relationship_load:
+            st.statement = st.statement.options(
+                with_loader_criteria(Order, Order.id > 10 ** 9))  # fmt: skip
+
+    def orders(hooked: bool, option: Any) -> list[int]:
+        with Session(engine) as s:
+            if hooked:
+                event.listen(s, "do_orm_execute", only_recent)
+            c = s.execute(stmt.options(option)).scalars().one()
+            return [o.id for o in c.orders]
+
+    for first in (False, True, False, True):  # stored by one kind, read by the other
+        assert orders(first, FromCache()) == orders(first, NoCache())
+        assert orders(not first, FromCache()) == orders(not first, NoCache())
+    assert orders(True, NoCache()) == [] != orders(False, NoCache())
+
+
+def test_a_miss_whose_post_load_a_hook_changed_is_not_stored(engine, sql, cache):
+    """One hook whose effect on relationship loads depends on state the key cannot
+    see: the miss that ran the changed post-load stores nothing (a hit would never
+    run the hook again), so the next read is right whatever the state then."""
+    stmt = (select(Customer).where(Customer.id == 1)
+            .options(selectinload(Customer.orders), FromCache()))  # fmt: skip
+    hide = {"on": True}
+
+    def hook(st: Any) -> None:
+        if st.is_relationship_load and hide["on"]:
+            st.statement = st.statement.options(
+                with_loader_criteria(Order, Order.id > 10 ** 9))  # fmt: skip
+
+    event.listen(Session, "do_orm_execute", hook)
+    try:
+        with Session(engine) as s:
+            assert s.execute(stmt).scalars().one().orders == []
+        hide["on"] = False
+        with Session(engine) as s:
+            cached = [o.id for o in s.execute(stmt).scalars().one().orders]
+        with Session(engine) as s:
+            plain = [o.id for o in s.execute(stmt.options(NoCache())).scalars().one().orders]
+        assert cached == plain != []
+    finally:
+        event.remove(Session, "do_orm_execute", hook)
+
+
+def test_autoflush_runs_once_per_query_hit_or_miss(engine, sql, cache):
+    """The ORM calls Session._autoflush once per query; the cache neither adds a
+    second call on a miss nor drops it on a hit (SQLAlchemy's test_events checks
+    the count)."""
+    from unittest import mock
+
+    stmt = select(Category).where(Category.id == 2).options(FromCache())
+    for expected_hits in (0, 1):
+        with Session(engine) as s:
+            hits = cache.stats()["default"]["hits"]
+            with mock.patch.object(s, "_autoflush") as m:
+                s.execute(stmt).all()
+            assert m.call_count == 1
+            assert cache.stats()["default"]["hits"] - hits == expected_hits
 
 
 def test_moving_a_child_is_seen_before_flush(engine, sql, cache):
