@@ -1309,8 +1309,9 @@ def _other_hooks(session: Session) -> tuple[str, ...]:
         listeners = session.dispatch.do_orm_execute
         if not listeners:
             return ()
+        ours = "sqla_querycache"
         return tuple(_hook_name(fn) for fn in listeners
-                     if not getattr(fn, "__module__", "").startswith("sqla_querycache"))  # fmt: skip
+                     if not getattr(fn, "__module__", "").startswith(ours))  # fmt: skip
     except Exception:
         return ("?",)
 

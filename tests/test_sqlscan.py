@@ -284,7 +284,7 @@ def test_default_schema_mysql() -> None:
 def test_never_raises() -> None:
     for junk in ("\x00", "SELECT " * 5000, "(((((" * 2000, "'" * 3, "$$", "/*", "`", "SELECT ?1?2", "EXPLAIN",
                  "SET", "PRAGMA", "XA", "WITH", "DECLARE", ";;;;", "SELECT a FROM t WHERE a = ANY(%s)"):  # fmt: skip
-        for d in DIALECTS + ["oracle"]:
+        for d in [*DIALECTS, "oracle"]:
             assert isinstance(analyze(junk, d), Analysis)
     assert analyze(None, "postgresql") == CONSERVATIVE  # type: ignore[arg-type]
     assert analyze(["SELECT 1"], "postgresql") == CONSERVATIVE  # type: ignore[arg-type]

@@ -35,9 +35,9 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
 from collections import deque
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 L = 2  # epoch lease, ticks
@@ -163,7 +163,7 @@ def _apply(s: State, msg: tuple, p: Protocol) -> State:
     t = s.t
     acked = s.acked | {msg} if kind in ("end", "cancel") else s.acked
     if kind == "begin":
-        _, w, token = msg
+        _, _w, token = msg
         v = 1 if d.v is None else d.v + 1
         marks = d.marks
         if token not in d.dead:
@@ -174,7 +174,7 @@ def _apply(s: State, msg: tuple, p: Protocol) -> State:
         d = d._replace(v=v, marks=marks)
         acked = acked | {token}
     elif kind in ("end", "cancel"):
-        _, w, token = msg
+        _, _w, token = msg
         marks = d.marks
         if token is not None:
             mine = [m for m in marks if m[0] == token]
@@ -186,7 +186,7 @@ def _apply(s: State, msg: tuple, p: Protocol) -> State:
         else:
             d = d._replace(marks=marks, dead=(d.dead | {token}) if p.token_marks else d.dead)
     elif kind == "verify":
-        _, w, token = msg
+        _, _w, token = msg
         if token not in d.dead and not any(m[0] == token for m in d.marks):
             v = 1 if d.v is None else d.v + 1  # lost: bump and mark again
             d = d._replace(v=v, marks=d.marks | {(token, t + M, t)})
@@ -203,7 +203,7 @@ def _store_away_allowed(s: State) -> bool:
 
 
 def _set(tup: tuple, i: int, val: Any) -> tuple:
-    return tup[:i] + (val,) + tup[i + 1 :]
+    return (*tup[:i], val, *tup[i + 1:])
 
 
 def _send(s: State, msg: tuple) -> State:
@@ -406,18 +406,19 @@ def check_state(s: State, p: Protocol) -> None:
         (eid, ev), value = d.entry
         epoch = d.epoch
         alive = epoch is not None and epoch[1] > s.t
-        if alive and (epoch[0] if p.epoch else 0) == eid and d.v == ev:
-            if not (p.inflight_check and _live_marks(d, s.t)) and value < s.returned:
-                raise Violation(f"servable entry holds {value} < returned commit {s.returned}")
+        servable = alive and (epoch[0] if p.epoch else 0) == eid and d.v == ev
+        if (servable and not (p.inflight_check and _live_marks(d, s.t))
+                and value < s.returned):  # fmt: skip
+            raise Violation(f"servable entry holds {value} < returned commit {s.returned}")
     # marks end: a mark nobody holds is never re-armed past its own TTL
     held = {w.token for w in s.writers
             if w.pc in ("await", "commit", "dbc", "vcheck", "end") and w.token}  # fmt: skip
     for token, exp, at in d.marks:
         if token not in held and exp > at + M:
             raise Violation(f"in-flight mark {token} re-armed after its owner let go")
-    if all(w.pc == "done" for w in s.writers) and all(r.pc == "done" for r in s.readers):
-        if not s.pending and any(exp > s.t + M for _, exp, _ in d.marks):
-            raise Violation("a mark outlives every writer by more than its TTL")
+    if (all(w.pc == "done" for w in s.writers) and all(r.pc == "done" for r in s.readers)
+            and not s.pending and any(exp > s.t + M for _, exp, _ in d.marks)):  # fmt: skip
+        raise Violation("a mark outlives every writer by more than its TTL")
 
 
 _WHO = {"writers": 2, "readers": 2}

@@ -158,7 +158,7 @@ def unpack(sdist: Path, cache: Path) -> Path:
         if hasattr(tarfile, "data_filter"):
             tar.extractall(tmp, filter="data")
         else:  # pragma: no cover - Python without tarfile filters
-            tar.extractall(tmp)  # noqa: S202
+            tar.extractall(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     (tmp / top).rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -21,7 +21,12 @@ callables (hydrate.py ``_loader_state``). Prints OK or FAIL.
 from dogpile.cache import make_region
 from sqlalchemy import ForeignKey, create_engine, select
 from sqlalchemy.orm import (
-    DeclarativeBase, Mapped, Session, lazyload, mapped_column, relationship,
+    DeclarativeBase,
+    Mapped,
+    Session,
+    lazyload,
+    mapped_column,
+    relationship,
 )
 
 from sqla_querycache import QueryCache

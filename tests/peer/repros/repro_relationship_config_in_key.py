@@ -15,7 +15,17 @@ relationship served the unfiltered collections). Prints OK or FAIL.
 """
 
 from dogpile.cache import make_region
-from sqlalchemy import Column, ForeignKey, Integer, MetaData, String, Table, and_, create_engine, desc
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    and_,
+    create_engine,
+    desc,
+)
 from sqlalchemy.orm import Session, clear_mappers, registry, relationship
 
 from sqla_querycache import QueryCache

@@ -11,7 +11,15 @@ when the classes process results differently (second check). Prints OK or FAIL.
 """
 
 from dogpile.cache import make_region
-from sqlalchemy import ForeignKey, Integer, String, TypeDecorator, create_engine, select, type_coerce
+from sqlalchemy import (
+    ForeignKey,
+    Integer,
+    String,
+    TypeDecorator,
+    create_engine,
+    select,
+    type_coerce,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
