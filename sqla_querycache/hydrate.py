@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Column
@@ -477,17 +477,41 @@ class Shape:
         #: the 4th says how the driver counted rows (a Core statement's rowcount)
         self.flags = [bool(scalars), filtered, unique is not None, rowcount_mode]
 
-    def result(self, data: Sequence[Any], rowcount: int | None = None) -> IteratorResult[Any]:
+    def result(self, data: Sequence[Any], rowcount: int | None = None,
+               session: Any = None) -> IteratorResult[Any]:  # fmt: skip
+        """A Result over ``data``. With ``session``, rows holding ORM objects are
+        fetched only while the session keeps the identity map they were put in
+        (as the ORM's own result: after ``close()`` / ``expunge_all()`` it raises)."""
+        rows: Iterator[Any] = iter(data)
+        if session is not None and data and _holds_objects(data[0], self.scalars):
+            rows = _while_valid(rows, session, session.identity_map)
         if rowcount is None:
-            result: IteratorResult[Any] = IteratorResult(self.metadata, iter(data))
+            result: IteratorResult[Any] = IteratorResult(self.metadata, rows)
         else:  # what a CursorResult has beyond rows
-            result = CachedCursorResult(self.metadata, iter(data))
+            result = CachedCursorResult(self.metadata, rows)
             result._rowcount = rowcount
         result._attributes = self.attributes
         result._source_supports_scalars = self.scalars
         if self.unique is not None:
             result._unique_filter_state = (set(), self.unique)
         return result
+
+
+def _holds_objects(row: Any, scalars: bool) -> bool:
+    if scalars:
+        return _is_entity(row)
+    return any(_is_entity(v) for v in row)
+
+
+def _while_valid(rows: Iterator[Any], session: Any, idmap: Any) -> Iterator[Any]:
+    for row in rows:
+        if session.identity_map is not idmap:
+            obj = row if _is_entity(row) else next(v for v in row if _is_entity(v))
+            raise sa_exc.InvalidRequestError(  # the ORM's words (loading.py)
+                f"Object {obj!r} cannot be converted to 'persistent' state, as this "
+                "identity map is no longer valid.  Has the owning Session been closed?"
+            )
+        yield row
 
 
 class CachedCursorResult(IteratorResult):  # type: ignore[type-arg]

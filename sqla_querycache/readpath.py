@@ -490,7 +490,7 @@ class ReadPath:
                 return self._skip(orm_state, orm_state.session, d.bind, d.plan, d.shape,
                                   d.region_name)  # fmt: skip
             self._count_skip(d)
-            return None
+            return _pass_on(orm_state, d.bind)
         region_name, region, plan, key, names = d.region_name, d.region, d.plan, d.key, d.names
         assert region is not None and plan is not None and key is not None and names is not None
         shape, t0 = d.shape, d.t0
@@ -498,7 +498,6 @@ class ReadPath:
         cache_key, bind, rk, enc, ttl = d.cache_key, d.bind, d.rk, d.enc, d.ttl
         session = orm_state.session
         ttl = ttl if ttl is not None else region.expiration_time
-        run_bind = bind if type(session).get_bind is Session.get_bind else None
         probe = orm_state.execution_options.get(PROBE_OPTION)
         if probe is not None and plan.shape is not None and not orm_state.is_relationship_load:
             # get_many: note what to look up, answer "no row" for now; the
@@ -532,7 +531,7 @@ class ReadPath:
                          why="tables being written, or store down")  # fmt: skip
             # the lookup's cost, plus the query the ORM now runs (estimated)
             shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0), cache._policy)
-            return None
+            return _pass_on(orm_state, bind)
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
             if mutex is not None and not _acquire(mutex, cache.lock_timeout):
@@ -552,11 +551,11 @@ class ReadPath:
                                      why="tables being written, or store down")  # fmt: skip
                         shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0),
                                      cache._policy)  # fmt: skip
-                        return None
+                        return _pass_on(orm_state, bind)
                 stats.incr(region_name, "misses", plan=plan)  # this request runs the query
                 if klass is not None:
                     stats.klass(klass, "misses")
-                out = self._miss(orm_state, region, key, names, versions, plan, ttl, run_bind,
+                out = self._miss(orm_state, region, key, names, versions, plan, ttl, bind,
                                  rk if enc is not None else None,
                                  _params(cache_key.bindparams, orm_state.parameters))  # fmt: skip
                 shape.missed(time.perf_counter() - t0, cache._policy)
@@ -599,7 +598,7 @@ class ReadPath:
         stats = self.cache._stats
         if shape.mode == "never":
             stats.bypass(region, admission.PINNED_NEVER, plan, why="admission pinned to never")
-            return None
+            return _pass_on(orm_state, bind)
         timed = not shape.left % admission.TIME_EVERY
         why = ""
         if stats._tracing:
@@ -608,12 +607,9 @@ class ReadPath:
                    f"{max(shape.left, 0)} calls)" if s is not None else "not worth it")  # fmt: skip
         stats.bypass(region, admission.NOT_WORTH_IT, plan, why=why)
         if not timed:
-            return None
+            return _pass_on(orm_state, bind)
         started = time.perf_counter()
-        if type(session).get_bind is Session.get_bind:
-            result = orm_state.invoke_statement(bind_arguments={"bind": bind})
-        else:
-            result = orm_state.invoke_statement()
+        result = _invoke_on(orm_state, bind)
         shape.ran(time.perf_counter() - started, None, self.cache._policy)
         return result
 
@@ -891,7 +887,9 @@ class ReadPath:
                 cache._stats.incr(region.name, "corrupt")
             return None, versions
         cache._stats.hit(region.name, plan)
-        return shape.result(data, entry.rowcount(len(data))), versions
+        # the ORM's result reads its rows as they are fetched, unless prebuffered
+        live = None if orm_state.execution_options.get("prebuffer_rows") else orm_state.session
+        return shape.result(data, entry.rowcount(len(data)), live), versions
 
     def _prefetch(
         self,
@@ -1115,10 +1113,7 @@ class ReadPath:
         started = time.perf_counter()
         try:
             # the user's query: its errors propagate
-            if bind is not None:
-                result = orm_state.invoke_statement(bind_arguments={"bind": bind})
-            else:
-                result = orm_state.invoke_statement()
+            result = _invoke_on(orm_state, bind)
             executed = time.perf_counter()
             if not isinstance(result, Result):  # something a hook returned: not ours to store
                 return result
@@ -1300,6 +1295,42 @@ def _post_load(orm_state: ORMExecuteState, rec: tracking.Recorder) -> Any:
     if result:
         return result
     return orm_state.invoke_statement() if later else None
+
+
+def _invoke_on(orm_state: ORMExecuteState, bind: Any) -> Any:
+    """Run the statement on ``bind``, the one its key was made for, asking the
+    session's ``get_bind`` no second time. The ORM asks ``get_bind`` on every
+    execution; a ``get_bind`` override may route each call elsewhere (a replica
+    chosen per call), so its next call, the one for this statement, is answered
+    with ``bind`` (an instance attribute shadowing the method for one call)."""
+    session = orm_state.session
+    if bind is None:
+        return orm_state.invoke_statement()
+    if type(session).get_bind is Session.get_bind:
+        return orm_state.invoke_statement(bind_arguments={"bind": bind})
+
+    def chosen(*args: Any, **kw: Any) -> Any:
+        session.__dict__.pop("get_bind", None)
+        return bind
+
+    try:
+        session.get_bind = chosen  # type: ignore[method-assign]
+    except AttributeError:  # a session class with __slots__: asked again
+        return orm_state.invoke_statement()
+    try:
+        return orm_state.invoke_statement()
+    finally:
+        session.__dict__.pop("get_bind", None)
+
+
+def _pass_on(orm_state: ORMExecuteState, bind: Any) -> Any:
+    """Not served by the cache: None lets the ORM run it, which asks ``get_bind``
+    again; a session that overrides ``get_bind`` gets the statement run here on
+    the bind already chosen instead (one routing decision per statement)."""
+    session = orm_state.session
+    if bind is None or type(session).get_bind is Session.get_bind:
+        return None
+    return _invoke_on(orm_state, bind)
 
 
 def _other_hooks(session: Session) -> tuple[str, ...]:

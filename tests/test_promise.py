@@ -260,6 +260,66 @@ def test_a_miss_whose_post_load_a_hook_changed_is_not_stored(engine, sql, cache)
         event.remove(Session, "do_orm_execute", hook)
 
 
+def test_a_routing_get_bind_is_asked_once_per_statement(engine, sql, cache):
+    """A get_bind override that routes each call (to a replica, say) is asked once
+    per statement, miss, hit or passed on, and a miss runs on the bind it keyed."""
+    other = engine.execution_options()  # another Engine object, the same database
+    ran: list[Any] = []
+    event.listen(other, "before_cursor_execute", lambda *a: ran.append("other"))
+    asked: list[Any] = []
+
+    class Routing(Session):
+        def get_bind(self, mapper=None, clause=None, **kw):  # type: ignore[no-untyped-def]
+            asked.append(clause)
+            return engine if len(asked) % 2 else other  # another choice on every call
+
+    stmt = select(Category).where(Category.id == 1).options(FromCache())
+    for expected_hits in (0, 1):  # a miss, then a hit
+        with Routing(engine) as s:
+            hits = cache.stats()["default"]["hits"]
+            asked.clear()
+            ran.clear()
+            assert s.execute(stmt).scalars().one().id == 1
+            assert len(asked) == 1, asked
+            assert ran == []  # the first choice (engine), the one keyed, ran it
+            assert cache.stats()["default"]["hits"] - hits == expected_hits
+    with Routing(engine) as s:  # passed on: this transaction wrote the table it reads
+        s.execute(update(Category).where(Category.id == 2).values(name="x"))
+        asked.clear()
+        ran.clear()
+        assert s.execute(stmt).scalars().one().id == 1
+        assert len(asked) == 1, asked
+        s.rollback()
+
+
+@pytest.mark.parametrize("end", ["close", "expunge_all"])
+@pytest.mark.parametrize("prebuffer", [False, True])
+def test_a_hit_read_after_close_behaves_like_the_orms_result(engine, sql, cache, end, prebuffer):
+    """The ORM's result turns rows into objects as they are fetched: after close()
+    (or expunge_all()) fetching raises, unless prebuffer_rows; a hit does the same.
+    Column rows never raise."""
+    opts = {"prebuffer_rows": True} if prebuffer else {}
+    stmt = select(Category).order_by(Category.id)
+    cols = select(Category.id).order_by(Category.id)
+
+    def outcome(option: Any, statement: Any) -> Any:
+        with Session(engine) as s:
+            result = s.execute(statement.options(option), execution_options=opts)
+            getattr(s, end)()
+            try:
+                return [getattr(r, "id", r) for r in result.scalars().all()]
+            except InvalidRequestError as err:
+                return "identity map is no longer valid" in str(err)
+
+    for statement in (stmt, cols):
+        outcome(FromCache(), statement)  # stored
+        plain = outcome(NoCache(), statement)
+        assert outcome(FromCache(), statement) == plain
+        assert cache.stats()["default"]["hits"] >= 1
+    # the case where the ORM raises is exercised (and the prebuffered one where it does not)
+    assert (outcome(NoCache(), stmt) is True) is not prebuffer
+
+
 def test_autoflush_runs_once_per_query_hit_or_miss(engine, sql, cache):
     """The ORM calls Session._autoflush once per query; the cache neither adds a
     second call on a miss nor drops it on a hit (SQLAlchemy's test_events checks
