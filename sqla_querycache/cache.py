@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -25,7 +26,7 @@ from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
 from .explain import Explanation
 from .hydrate import mapper_of
-from .readpath import PROBE_OPTION, ReadPath
+from .readpath import PROBE_OPTION, Probes, ReadPath
 from .regions import RegionStore
 from .sqlshared import SqlShared
 from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
@@ -444,11 +445,25 @@ class QueryCache:
             return run_sync(lambda s: self.get_many(s, entity, ids, **get_kw))
         ids = list(ids)
         found: list[Any] = [None] * len(ids)
-        probes: list[Any] = []
+        probes = Probes()
         noted: list[int] = []
         options = dict(get_kw.pop("execution_options", None) or {})
         probing = {**options, PROBE_OPTION: probes}
+        mapper = inspect(entity).mapper
+        idmap = session.identity_map
         for i, ident in enumerate(ids):
+            derive = probes.derive if not get_kw else None
+            if derive is not None:
+                # the first id's probe made the plan: the others' lookups follow
+                # from it without a get each (unless the identity map has them)
+                pk = tuple(ident) if isinstance(ident, (tuple, list)) else (ident,)
+                if (len(pk) == len(mapper.primary_key)
+                        and mapper.identity_key_from_primary_key(pk) not in idmap):  # fmt: skip
+                    p = derive(pk)
+                    if p is not None:
+                        probes.append(p)
+                        noted.append(i)
+                        continue
             before = len(probes)
             obj = session.get(entity, ident, execution_options=probing, **get_kw)
             if len(probes) > before:

@@ -58,6 +58,13 @@ _PREFETCH_MAX = 500
 _PINNED: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 #: execution option of get_many's first pass (a list the read path appends to)
 PROBE_OPTION = "_qc_probe"
+
+
+class Probes(list):  # type: ignore[type-arg]
+    """get_many's lookups. ``derive(ident)``, set by the first primary-key probe
+    whose plan names rows, makes the lookup of another id without a ``get``."""
+
+    derive: Any = None
 #: at most this many names are learned from an entry written elsewhere
 _MAX_LEARNED = 64
 #: the memo's estimate of a plan's memory: fixed + per character of its SQL (a plan keeps
@@ -503,6 +510,12 @@ class ReadPath:
             # get_many: note what to look up, answer "no row" for now; the
             # batch is looked up in one round trip (ReadPath.lookup_many)
             probe.append((orm_state, region, key, names, plan, ttl))
+            target = _pk_load(orm_state)
+            if (isinstance(probe, Probes) and probe.derive is None and target is not None
+                    and rk is not None and enc is not None and rk.kind == "row"):  # fmt: skip
+                # the other ids' lookups follow from this one (ReadPath.probe_for)
+                probe.derive = functools.partial(self.probe_for, orm_state, region, plan, rk,
+                                                 cache_key, names, ttl, target)  # fmt: skip
             return plan.shape.result([], None)
         result, served = None, 1
         if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
@@ -953,11 +966,6 @@ class ReadPath:
             wanted[ident] = [state]
         if len(wanted) == 1:  # no sibling needs anything: the plain lookup
             return None, 1
-        get_params = target._get_clause[1]
-        pkeys = [get_params[col].key for col in target.primary_key]
-        given = orm_state.parameters
-        own: dict[str, Any] = dict(given) if isinstance(given, dict) else {}
-        cache_ = self.cache
         probes = []
         idents = []
         for ident in wanted:
@@ -965,18 +973,10 @@ class ReadPath:
                 probes.append((orm_state, region, key, names, plan, ttl))
                 idents.append(ident)
                 continue
-            enc = rows.encode(ident)
-            if enc is None:
-                continue
-            params = {**own, **dict(zip(pkeys, ident))}
-            k = keys.entry_key(
-                cache_.namespace, region.name, plan, cache_key.bindparams, params,
-                getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
-                self._scope(orm_state),
-            )  # fmt: skip
-            n = (*rk.names(plan.tables, enc), *names[len(names) - 2 :])
-            probes.append((orm_state, region, k, n, plan, ttl))
-            idents.append(ident)
+            p = self.probe_for(orm_state, region, plan, rk, cache_key, names, ttl, target, ident)
+            if p is not None:
+                probes.append(p)
+                idents.append(ident)
         found = self.lookup_many(probes, keep_versions=True)
         missing = []
         own_result, served = None, 1
@@ -1023,6 +1023,37 @@ class ReadPath:
             self._store(region, k, found_n, found_v, plan, shape, [row],
                         preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
         return own_result, served
+
+    def probe_for(
+        self,
+        orm_state: ORMExecuteState,
+        region: RegionStore,
+        plan: keys.Plan,
+        rk: rows.RowKey,
+        cache_key: Any,
+        names: tuple[str, ...],
+        ttl: float | None,
+        target: Any,
+        ident: tuple[Any, ...],
+    ) -> Any:
+        """The lookup a primary-key load of ``ident`` would make through the same
+        plan as ``orm_state`` (a get or a use_get lazy load of ``target``): its
+        entry key (the statement's pk parameters set to ``ident``) and row names.
+        None when ``ident`` has no row-level name (the load itself then decides)."""
+        enc = rows.encode(ident)
+        if enc is None:
+            return None
+        get_params = target._get_clause[1]
+        pkeys = [get_params[col].key for col in target.primary_key]
+        given = orm_state.parameters
+        params = {**(dict(given) if isinstance(given, dict) else {}), **dict(zip(pkeys, ident))}
+        k = keys.entry_key(
+            self.cache.namespace, region.name, plan, cache_key.bindparams, params,
+            getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
+            self._scope(orm_state),
+        )  # fmt: skip
+        n = (*rk.names(plan.tables, enc), *names[len(names) - 2 :])
+        return (orm_state, region, k, n, plan, ttl)
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per

@@ -648,6 +648,41 @@ def test_get_many_asks_the_cache_once_for_the_batch(idc: Any, engine: Any) -> No
     assert len(reads) == 1 and len(fetches) == 1 and fetches[0] == 10  # one batch each
 
 
+def test_get_many_runs_one_get_for_the_batch_and_keeps_the_identity_map_first(
+    idc: Any, engine: Any
+) -> None:
+    """The first id's get makes the plan; the other ids' lookups follow from it
+    without a get each (their keys and row names equal what a get makes: hits).
+    An id already in the identity map is that object, as with session.get."""
+    cache, maker = idc
+    ids = list(range(1, 21))
+    # under REPEATABLE READ (MariaDB's default) reads after the first bypass: READ COMMITTED
+    bind = (engine.execution_options(isolation_level="READ COMMITTED")
+            if engine.dialect.name == "mysql" else engine)  # fmt: skip
+    with maker(bind=bind) as s:
+        cache.get_many(s, m.Product, ids)  # stored
+    sql = StatementCounter(engine)
+    try:
+        with maker(bind=bind) as s:
+            held = s.get(m.Product, 7)
+            gets: list[Any] = []
+            real_get = s.get
+            s.get = lambda *a, **kw: gets.append(a) or real_get(*a, **kw)  # type: ignore[method-assign]
+            hits = cache.stats()["default"]["hits"]
+            mark = sql.count
+            got = cache.get_many(s, m.Product, ids)
+            assert [p.id for p in got] == ids and got[6] is held
+            assert len(gets) == 2  # the first id's, and 7's (the identity map's object)
+            assert cache.stats()["default"]["hits"] - hits == len(ids) - 1
+            assert sql.since(mark) == 0
+        with maker() as s:  # and the same objects a get per id would give
+            plain = [s.get(m.Product, i, options=[NoCache()]) for i in ids]
+            assert [(p.id, p.name, p.price) for p in plain] == [
+                (p.id, p.name, p.price) for p in cache.get_many(s, m.Product, ids)]  # fmt: skip
+    finally:
+        sql.close()
+
+
 def test_lazy_loads_of_one_way_relationships_are_hits(idc: Any, engine: Any) -> None:
     """Product.tags has no way back from Tag: its objects' load paths name the
     parent's class, which the entry must know (else every read is 'corrupt')."""
