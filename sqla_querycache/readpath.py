@@ -58,13 +58,6 @@ _PREFETCH_MAX = 500
 _PINNED: WeakKeyDictionary[Any, Any] = WeakKeyDictionary()
 #: execution option of get_many's first pass (a list the read path appends to)
 PROBE_OPTION = "_qc_probe"
-
-
-class Probes(list):  # type: ignore[type-arg]
-    """get_many's lookups. ``derive(ident)``, set by the first primary-key probe
-    whose plan names rows, makes the lookup of another id without a ``get``."""
-
-    derive: Any = None
 #: at most this many names are learned from an entry written elsewhere
 _MAX_LEARNED = 64
 #: the memo's estimate of a plan's memory: fixed + per character of its SQL (a plan keeps
@@ -96,6 +89,12 @@ except ImportError:  # no greenlet, no AsyncSession
     def _await(awaitable: Any) -> Any:  # pragma: no cover - never called without greenlet
         raise RuntimeError("no greenlet")
 
+
+class Probes(list):  # type: ignore[type-arg]
+    """get_many's lookups. ``derive(ident)``, set by the first primary-key probe
+    whose plan names rows, makes the lookup of another id without a ``get``."""
+
+    derive: Any = None
 
 class _Key:
     """One key being computed: whether a miss holds it, and who waits for it."""
