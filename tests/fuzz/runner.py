@@ -21,6 +21,7 @@ The first violated check ends the replay with a :class:`Failure`.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import time
@@ -227,8 +228,26 @@ class Replay:
             return None, err, self.env.count - mark
 
     def in_context(self, name: str, spec: dict[str, Any], mode: str) -> None:
-        """Tagged, then uncached, in the same session (same transaction)."""
+        """Tagged, then uncached, in the same session (same transaction).
+
+        Both reads must see the same session: the identity map holds clean
+        objects weakly, and an object kept only by a reference cycle (an owner
+        and its loaded items) lives until the cycle collector happens to run,
+        so one read could find it, attributes loaded, and the next a fresh
+        copy (seed 11519731). The objects the session holds are kept, and the
+        collector paused, for the pair."""
         s = self.session(name)
+        held = list(s.identity_map.values())
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._pair(s, name, spec, mode)
+        finally:
+            if collecting:
+                gc.enable()
+            del held
+
+    def _pair(self, s: Session, name: str, spec: dict[str, Any], mode: str) -> None:
         label = spec["k"] if spec["k"] != "volatile" else f"volatile:{spec['q']}"
         # The cached read goes first; if it autoflushes, the flush expires the
         # SQL-expression column properties of the objects it touched, so the
