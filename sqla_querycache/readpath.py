@@ -1067,12 +1067,23 @@ class ReadPath:
         first = probes[0][0]
         try:
             all_names = tuple(union)
-            current = self._read_versions(all_names, first)
             raws: dict[int, Any] = {}
             by_region: dict[str, list[int]] = {}
             for i, p in enumerate(probes):
                 if self.memo.get((p[1].name, p[2])) is None:
                     by_region.setdefault(p[1].name, []).append(i)
+            current: list[int] | None = None
+            combined = False
+            if len(by_region) == 1:
+                ((name, idx),) = by_region.items()
+                region = probes[idx[0]][1]
+                if self._combined(region):  # the entries and the versions: one round trip
+                    got, current = self.cache.versions.read_with_entries(  # type: ignore[attr-defined]
+                        region.redis, [probes[i][2] for i in idx], all_names)  # fmt: skip
+                    raws.update(zip(idx, got))
+                    by_region, combined = {}, True
+            if not combined:
+                current = self._read_versions(all_names, first)
             for name, idx in by_region.items():
                 got = cache._region(name).get_many([probes[i][2] for i in idx])
                 raws.update(zip(idx, got))
@@ -1111,13 +1122,17 @@ class ReadPath:
     ) -> tuple[bytes | None, list[int] | None]:
         """The entry and the current versions; one round trip when both live in one Redis."""
         store = self.cache.versions
-        if region.combined is None:
-            same = getattr(store, "same_server", None)
-            region.combined = bool(region.redis is not None and same and same(region.redis))
-        if region.combined:
+        if self._combined(region):
             raw, versions = store.read_with_entry(region.redis, key, names)  # type: ignore[attr-defined]
             return raw, versions
         return region.get(key), self._read_versions(names, orm_state)
+
+    def _combined(self, region: RegionStore) -> bool:
+        """Do the region's entries live in the version store's Redis (one round trip)?"""
+        if region.combined is None:
+            same = getattr(self.cache.versions, "same_server", None)
+            region.combined = bool(region.redis is not None and same and same(region.redis))
+        return region.combined
 
     # --------------------------------------------------------------- miss
 

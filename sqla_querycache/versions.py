@@ -538,7 +538,13 @@ class RedisVersions:
         """
         return self._lookup(key, names)
 
-    def _lookup(self, key: str | None, names: Sequence[str]) -> tuple[Any, Any]:
+    def read_with_entries(self, entry_client: Any, keys: list[str],
+                          names: Sequence[str]) -> tuple[list[Any], Any]:  # fmt: skip
+        """Several entries (``MGET``) and the versions in one round trip."""
+        raws, versions = self._lookup(keys, names)
+        return (list(raws) if raws is not None else [None] * len(keys)), versions
+
+    def _lookup(self, key: str | list[str] | None, names: Sequence[str]) -> tuple[Any, Any]:
         """One pipeline: this process's undelivered post-commit halves, the entry, the versions.
 
         Delivering the halves first means a process reads its own commits'
@@ -573,7 +579,7 @@ class RedisVersions:
         self._ok()
         return (out[-2] if key is not None else None), self.parse(out[-1])
 
-    def _pipelined(self, key: str | None, keys: list[str], args: list[Any],
+    def _pipelined(self, key: str | list[str] | None, keys: list[str], args: list[Any],
                    ends: list[tuple[str, str]], cancels: list[tuple[str, str]]) -> Any:  # fmt: skip
         # EVALSHA directly: a Script object in a pipeline costs an extra
         # SCRIPT EXISTS round trip on every execute()
@@ -585,7 +591,9 @@ class RedisVersions:
                 pipe.eval(_WRITE_LUA, *wargs)
             else:
                 pipe.evalsha(self._write.sha, *wargs)
-        if key is not None:
+        if isinstance(key, list):
+            pipe.mget(key)
+        elif key is not None:
             pipe.get(key)
         if noscript:
             pipe.eval(_READ_LUA, len(keys), *keys, *args)
