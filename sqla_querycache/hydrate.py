@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Column
@@ -482,14 +482,15 @@ class Shape:
         """A Result over ``data``. With ``session``, rows holding ORM objects are
         fetched only while the session keeps the identity map they were put in
         (as the ORM's own result: after ``close()`` / ``expunge_all()`` it raises)."""
-        rows: Iterator[Any] = iter(data)
-        if session is not None and data and _holds_objects(data[0], self.scalars):
-            rows = _while_valid(rows, session, session.identity_map)
+        live = session is not None and data and _holds_objects(data[0], self.scalars)
         if rowcount is None:
-            result: IteratorResult[Any] = IteratorResult(self.metadata, rows)
+            result: IteratorResult[Any] = (LiveResult if live else IteratorResult)(
+                self.metadata, iter(data))  # fmt: skip
         else:  # what a CursorResult has beyond rows
-            result = CachedCursorResult(self.metadata, rows)
+            result = CachedCursorResult(self.metadata, iter(data))
             result._rowcount = rowcount
+        if live:
+            result._qc_live = (session, session.identity_map, data)  # type: ignore[attr-defined]
         result._attributes = self.attributes
         result._source_supports_scalars = self.scalars
         if self.unique is not None:
@@ -503,18 +504,42 @@ def _holds_objects(row: Any, scalars: bool) -> bool:
     return any(_is_entity(v) for v in row)
 
 
-def _while_valid(rows: Iterator[Any], session: Any, idmap: Any) -> Iterator[Any]:
-    for row in rows:
-        if session.identity_map is not idmap:
+class LiveResult(IteratorResult):  # type: ignore[type-arg]
+    """A hit's Result whose rows hold ORM objects: each fetch first checks that the
+    session still keeps the identity map they were put in (the ORM's own result
+    turns rows into objects as they are fetched, and raises after ``close()`` /
+    ``expunge_all()``). One check per fetch call, not per row."""
+
+    _qc_live: Any = None
+
+    def _qc_check(self) -> None:
+        live = self._qc_live
+        if live is not None and live[0].identity_map is not live[1]:
+            row = live[2][0]
             obj = row if _is_entity(row) else next(v for v in row if _is_entity(v))
             raise sa_exc.InvalidRequestError(  # the ORM's words (loading.py)
                 f"Object {obj!r} cannot be converted to 'persistent' state, as this "
                 "identity map is no longer valid.  Has the owning Session been closed?"
             )
-        yield row
+
+    def _fetchiter_impl(self) -> Any:
+        self._qc_check()
+        return super()._fetchiter_impl()
+
+    def _fetchone_impl(self, hard_close: bool = False) -> Any:
+        self._qc_check()
+        return super()._fetchone_impl(hard_close)
+
+    def _fetchall_impl(self) -> Any:
+        self._qc_check()
+        return super()._fetchall_impl()
+
+    def _fetchmany_impl(self, size: int | None = None) -> Any:
+        self._qc_check()
+        return super()._fetchmany_impl(size)
 
 
-class CachedCursorResult(IteratorResult):  # type: ignore[type-arg]
+class CachedCursorResult(LiveResult):
     """A hit of a Core statement: the attributes of the CursorResult it stands for."""
 
     returns_rows = True
