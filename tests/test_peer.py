@@ -97,6 +97,36 @@ AssertionError: {'cache_region': 'default'} != {}
 """
 
 
+_RECORDER = "test/orm/test_events.py::ORMExecuteTest::test_user_option_propagation"
+_RECORDED_TB = """Traceback (most recent call last):
+  File "/x/test/orm/test_events.py", line 232, in test_user_option_propagation
+    eq_(
+  File "/x/lib/sqlalchemy/testing/assertions.py", line 292, in eq_
+    assert a == b, msg or "%r != %r" % (a, b)
+AssertionError: [call.update_execution_options(_sa_shard_id='a')] != [call.x(), call.y()]
+"""
+_RECORDER_RAISES_TB = """Traceback (most recent call last):
+  File "/x/test/orm/test_events.py", line 230, in test_user_option_propagation
+    sess.execute(stmt)
+  File "/x/lib/sqlalchemy/orm/session.py", line 10, in execute
+    return self._execute_internal(
+AssertionError: something inside SQLAlchemy
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "nodeid", "expected"),
+    [(_RECORDED_TB, _RECORDER + "[True-selectinload-3-fixed]", "sql-count"),
+     (_RECORDER_RAISES_TB, _RECORDER + "[True-selectinload-3-fixed]", "other"),
+     (_RECORDED_TB, "test/orm/test_events.py::ORMExecuteTest::test_other[x]", "other")],
+)  # fmt: skip
+def test_classify_tests_that_record_executions(text: str, nodeid: str, expected: str) -> None:
+    """A listed test counts as sql-count only when its own assertion fails."""
+    kind, reason = runner.classify({"outcome": "passed"},
+                                   {"outcome": "failed", "longrepr": text}, nodeid)  # fmt: skip
+    assert kind == expected, reason
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [(_COUNT_TB, "sql-count"), (_ERROR_INSIDE_COUNT_TB, "other"), (_OPTION_TB, "observe-option")],
