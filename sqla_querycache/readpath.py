@@ -21,7 +21,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -316,15 +316,11 @@ class ReadPath:
             if rec is not None:
                 return _post_load(orm_state, rec)
             return None
-        later = _remaining_hooks(orm_state)
-        if later:
-            # hooks registered after ours may still change the statement (loader
-            # criteria, tenants): run them now, so that what we key is final
-            for fn in later:
-                orm_state._starting_event_idx += 1
-                result = fn(orm_state)
-                if result:
-                    return result
+        # hooks registered after ours may still change the statement (loader
+        # criteria, tenants): run them now, so that what we key is final
+        later, result = _run_later_hooks(orm_state)
+        if result:
+            return result
         updated = getattr(orm_state, "_update_execution_options", None)
         if updated:
             # hooks' update_execution_options: SQLAlchemy applies them after the
@@ -512,9 +508,9 @@ class ReadPath:
             target = _pk_load(orm_state)
             if (isinstance(probe, Probes) and probe.derive is None and target is not None
                     and rk is not None and enc is not None and rk.kind == "row"):  # fmt: skip
-                # the other ids' lookups follow from this one (ReadPath.probe_for)
-                probe.derive = functools.partial(self.probe_for, orm_state, region, plan, rk,
-                                                 cache_key, names, ttl, target)  # fmt: skip
+                # the other ids' lookups follow from this one (ReadPath.prober)
+                probe.derive = self.prober(orm_state, region, plan, rk, cache_key, names, ttl,
+                                           target)  # fmt: skip
             return plan.shape.result([], None)
         result, served = None, 1
         if (rk is not None and enc is not None and rk.kind == "row" and plan.shape is not None
@@ -967,12 +963,13 @@ class ReadPath:
             return None, 1
         probes = []
         idents = []
+        probe_for = self.prober(orm_state, region, plan, rk, cache_key, names, ttl, target)
         for ident in wanted:
             if ident == own_ident:
                 probes.append((orm_state, region, key, names, plan, ttl))
                 idents.append(ident)
                 continue
-            p = self.probe_for(orm_state, region, plan, rk, cache_key, names, ttl, target, ident)
+            p = probe_for(ident)
             if p is not None:
                 probes.append(p)
                 idents.append(ident)
@@ -1023,7 +1020,7 @@ class ReadPath:
                         preexisting, ttl, [repr(v)[:80] for v in ident])  # fmt: skip
         return own_result, served
 
-    def probe_for(
+    def prober(
         self,
         orm_state: ORMExecuteState,
         region: RegionStore,
@@ -1033,26 +1030,31 @@ class ReadPath:
         names: tuple[str, ...],
         ttl: float | None,
         target: Any,
-        ident: tuple[Any, ...],
-    ) -> Any:
-        """The lookup a primary-key load of ``ident`` would make through the same
-        plan as ``orm_state`` (a get or a use_get lazy load of ``target``): its
-        entry key (the statement's pk parameters set to ``ident``) and row names.
-        None when ``ident`` has no row-level name (the load itself then decides)."""
-        enc = rows.encode(ident)
-        if enc is None:
-            return None
+    ) -> Callable[[tuple[Any, ...]], Any]:
+        """``probe_for(ident)``: the lookup a primary-key load of ``ident`` would
+        make through the same plan as ``orm_state`` (a get or a use_get lazy load of
+        ``target``): its entry key (the statement's pk parameters set to ``ident``)
+        and row names; None when ``ident`` has no row-level name (the load itself
+        then decides). What every id of the batch shares is worked out once."""
         get_params = target._get_clause[1]
         pkeys = [get_params[col].key for col in target.primary_key]
         given = orm_state.parameters
-        params = {**(dict(given) if isinstance(given, dict) else {}), **dict(zip(pkeys, ident))}
-        k = keys.entry_key(
-            self.cache.namespace, region.name, plan, cache_key.bindparams, params,
-            getattr(cache_key, "params", None), keys.user_options(orm_state.execution_options),
-            self._scope(orm_state),
-        )  # fmt: skip
-        n = (*rk.names(plan.tables, enc), *names[len(names) - 2 :])
-        return (orm_state, region, k, n, plan, ttl)
+        own = dict(given) if isinstance(given, dict) else {}
+        namespace, stmt_params = self.cache.namespace, getattr(cache_key, "params", None)
+        options = keys.user_options(orm_state.execution_options)
+        scope = self._scope(orm_state)
+        shared = names[len(names) - 2 :]
+
+        def probe_for(ident: tuple[Any, ...]) -> Any:
+            enc = rows.encode(ident)
+            if enc is None:
+                return None
+            params = {**own, **dict(zip(pkeys, ident))}
+            k = keys.entry_key(namespace, region.name, plan, cache_key.bindparams, params,
+                               stmt_params, options, scope)  # fmt: skip
+            return (orm_state, region, k, (*rk.names(plan.tables, enc), *shared), plan, ttl)
+
+        return probe_for
 
     def lookup_many(self, probes: list[Any], keep_versions: bool = False) -> list[Any]:
         """Results (or None) of the lookups ``get_many`` noted, in one round trip per
@@ -1324,22 +1326,26 @@ def _post_load(orm_state: ORMExecuteState, rec: tracking.Recorder) -> Any:
     """A statement of a load a miss is recording (an eager post-load): run as the ORM
     would, noting in ``rec`` whether a hook changed it. A hit never runs post-loads,
     so what hooks do to them must not be stored under the top statement's key."""
-    later = _remaining_hooks(orm_state)
     before = orm_state.statement
-    result = None
+    later, result = _run_later_hooks(orm_state)
+    if orm_state.statement is not before or getattr(orm_state, "_update_execution_options", None):
+        rec.mark_hooked()
+    if result:
+        return result
+    return orm_state.invoke_statement() if later else None
+
+
+def _run_later_hooks(orm_state: ORMExecuteState) -> tuple[list[Any], Any]:
+    """Run the ``do_orm_execute`` listeners after ours, as SQLAlchemy would have:
+    (those listeners, the first Result one of them returned, else None). Once they
+    ran, the statement must be run by us (``invoke_statement``), not by the ORM."""
+    later = _remaining_hooks(orm_state)
     for fn in later:
         orm_state._starting_event_idx += 1
         result = fn(orm_state)
         if result:
-            break
-    if orm_state.statement is not before or getattr(orm_state, "_update_execution_options", None):
-        r: tracking.Recorder | None = rec
-        while r is not None:
-            r.hooked = True
-            r = r.parent
-    if result:
-        return result
-    return orm_state.invoke_statement() if later else None
+            return later, result
+    return later, None
 
 
 def _invoke_on(orm_state: ORMExecuteState, bind: Any) -> Any:

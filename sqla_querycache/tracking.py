@@ -117,6 +117,13 @@ class Recorder:
         #: a do_orm_execute hook changed one of its post-loads (statement or options)
         self.hooked = False
 
+    def mark_hooked(self) -> None:
+        """A hook changed a post-load of this load (and so of every load it is part of)."""
+        rec: Recorder | None = self
+        while rec is not None:
+            rec.hooked = True
+            rec = rec.parent
+
     def add(self, found: sqlscan.Analysis, context: Any = None) -> None:
         if context is not None:
             if any(c is context for c in self.seen):
