@@ -35,6 +35,7 @@ from .stats import (
     ProcessInfo,
     _Meta,
     fold_overflow,
+    unsent_metas,
 )
 from .versions import Unavailable
 
@@ -159,7 +160,7 @@ class SqlShared:
     # -- the stats store (AppStats)
 
     def write(self, process: str, delta: dict[str, float], metas: dict[str, _Meta]) -> None:
-        new = {fp: m for fp, m in metas.items() if fp not in self._registered and fp != OTHER}
+        new = unsent_metas(metas, self._registered, delta)
         t = self.table
         now = time.time()
         prune = now - self._pruned > 600

@@ -553,6 +553,17 @@ def fold_overflow(new: dict[str, Any], known: Container[str], room: int,
         delta[k] = delta.get(k, 0) + v
 
 
+def unsent_metas(metas: dict[str, Any], registered: Container[str],
+                 delta: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+    """The statement rows a flush sends: those never sent, and those whose
+    counts this flush moves. The second kind makes a shared store that lost
+    its rows (expired, FLUSHDB, another process's ``clear``) whole again: a
+    store-side "set if missing", so it costs nothing when the row is there."""
+    touched = {k.split("|", 2)[1] for k in delta if k.startswith("s|")}
+    return {fp: m for fp, m in metas.items()
+            if fp != OTHER and (fp not in registered or fp in touched)}  # fmt: skip
+
+
 def _delta(now: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     out = {}
     for k, v in now.items():
@@ -704,7 +715,7 @@ class RedisStatsStore:
         self._registered: set[str] = set()
 
     def write(self, process: str, delta: dict[str, float], metas: dict[str, _Meta]) -> None:
-        new = {fp: m for fp, m in metas.items() if fp not in self._registered}
+        new = unsent_metas(metas, self._registered, delta)
         client = self.client
         if new:
             known = client.hlen(self.statements)

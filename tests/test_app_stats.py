@@ -195,6 +195,35 @@ def test_a_store_outage_keeps_the_counts_for_the_next_flush(
         w.close()
 
 
+@pytest.mark.parametrize("loss", ["flushdb", "reset by another process"])
+def test_statement_rows_come_back_after_the_store_lost_them(
+    db: Any, redis_url: str, redis_client: Any, loss: str
+) -> None:
+    """A process that sent a statement's row once must send it again when the
+    shared store lost it (FLUSHDB, expiry, ``reset_stats`` elsewhere): its
+    counts would otherwise show forever as a statement with no SQL and no
+    tables."""
+    w = Worker(db, redis_url, interval=0)
+    other = reader(redis_url)
+    try:
+        w.products()
+        assert w.cache.flush_stats() is True
+        if loss == "flushdb":
+            redis_client.flushdb()
+        else:
+            other.reset_stats(scope="app")
+        w.products()
+        w.products()
+        assert w.cache.flush_stats() is True
+        stmts = other.report("app")["statements"]
+        hits = 1 if loss == "flushdb" else 2  # FLUSHDB took the entry too: a miss, then a hit
+        assert [(s["tables"], s["hits"]) for s in stmts] == [(["product"], hits)]
+        assert "FROM product" in stmts[0]["sql"]
+    finally:
+        w.close()
+        other.close()
+
+
 def test_bypass_reasons_and_table_invalidations(workers: Any, redis_url: str) -> None:
     a, _ = workers
     a.products()

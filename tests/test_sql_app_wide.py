@@ -221,6 +221,30 @@ def test_counts_wait_for_the_flusher_not_the_hit(sql_db: Any) -> None:
         cache.close()
 
 
+def test_statement_rows_come_back_after_another_process_reset_them(sql_db: Any) -> None:
+    ns = f"qcsql{uuid.uuid4().hex[:6]}"
+    maker = sessionmaker(sql_db)
+    cache = QueryCache(regions={"default": memory_region()}, versions=sql_db, namespace=ns,
+                       stats_interval=0).install(maker)  # fmt: skip
+    other = QueryCache(regions={"default": memory_region()}, versions=sql_db, namespace=ns,
+                       stats_interval=0)  # fmt: skip
+    page = select(models.Tag).order_by(models.Tag.id).options(FromCache())
+    try:
+        with maker() as s:
+            s.scalars(page).all()
+        assert cache.flush_stats() is True
+        other.reset_stats(scope="app")
+        for _ in range(2):
+            with maker() as s:
+                s.scalars(page).all()
+        assert cache.flush_stats() is True
+        stmts = other.report("app")["statements"]
+        assert [(s["tables"], s["hits"]) for s in stmts] == [(["tag"], 2)]
+    finally:
+        cache.close()
+        other.close()
+
+
 def test_statements_are_bounded_in_the_sql_store(sql_db: Any, monkeypatch: Any) -> None:
     """Past the bound, a new statement's counts go to the "other" row."""
     from sqla_querycache import sqlshared
