@@ -325,6 +325,9 @@ class QueryCache:
         self.uninstall()
         self._switch_stop.set()
         self._reader.clear()  # the memory this process kept: plans, decoded entries
+        for region in self.regions.values():
+            if region.sender is not None:
+                region.sender.close()
         if self._app_stats is not None:
             self._app_stats.close()  # the last counts, before the store's client goes
         close = getattr(self.versions, "close", None)

@@ -1080,6 +1080,7 @@ class ReadPath:
                 ((name, idx),) = by_region.items()
                 region = probes[idx[0]][1]
                 if self._combined(region):  # the entries and the versions: one round trip
+                    region.caught_up([probes[i][2] for i in idx])
                     got, current = self.cache.versions.read_with_entries(  # type: ignore[attr-defined]
                         region.redis, [probes[i][2] for i in idx], all_names)  # fmt: skip
                     raws.update(zip(idx, got))
@@ -1125,6 +1126,7 @@ class ReadPath:
         """The entry and the current versions; one round trip when both live in one Redis."""
         store = self.cache.versions
         if self._combined(region):
+            region.caught_up([key])
             raw, versions = store.read_with_entry(region.redis, key, names)  # type: ignore[attr-defined]
             return raw, versions
         return region.get(key), self._read_versions(names, orm_state)
