@@ -161,16 +161,16 @@ class RegionStore:
 class _Sender:
     """Commands sent on a connection of their own whose replies are read later.
 
-    ``send`` writes the command and returns; the replies that have arrived
-    meanwhile are read (without waiting) before each new command, and only
-    when ``MAX_OWED`` are still owed does a sender wait for the oldest (a
-    server that stopped answering: the socket timeout then raises, as a
-    synchronous write would have, once per ``MAX_OWED`` writes instead of on
-    every one). One connection per process and region, under a lock: sending
+    ``send`` writes the command and returns; once ``MAX_OWED`` replies are
+    owed, the next send first reads them all (they have long arrived; a
+    server that stopped answering makes that read time out, and the send
+    raises as a synchronous write would have, once per ``MAX_OWED`` writes
+    instead of on every one). A read of a key still owed reads them first
+    (``RegionStore.caught_up``). One connection per process and region, under a lock: sending
     is short, and Redis runs the commands one after the other anyway.
     """
 
-    MAX_OWED = 32
+    MAX_OWED = 16
 
     __slots__ = ("_conn", "_keys", "_lock", "_pid", "_pool")
 
@@ -201,7 +201,10 @@ class _Sender:
             earlier: BaseException | None = None
             if self._conn is not None:
                 try:
-                    earlier = self._read(self._conn, block=self._owed >= self.MAX_OWED)
+                    # replies are read in batches: by the time MAX_OWED are owed,
+                    # all of them have long arrived (no poll of the socket per write)
+                    if self._owed >= self.MAX_OWED:
+                        earlier = self._read(self._conn)
                 except Exception as err:
                     self._drop()
                     if _timed_out(err):  # a server that stopped answering: no more sends
@@ -231,22 +234,21 @@ class _Sender:
             if self._conn is None or self._pid != os.getpid():
                 return
             try:
-                earlier = self._read(self._conn, block=True, every=True)
+                earlier = self._read(self._conn)
             except BaseException:
                 self._drop()
                 raise
         if earlier is not None:
             raise earlier
 
-    def _read(self, conn: Any, block: bool, every: bool = False) -> Exception | None:
-        """Read the replies that are there (waiting for one if ``block``, for
-        all if ``every``); the first error reply is returned (the connection
-        stays in step). Anything else raises: the caller drops the connection."""
+    def _read(self, conn: Any) -> Exception | None:
+        """Read every owed reply; the first error reply is returned (the
+        connection stays in step). Anything else raises: the caller drops the
+        connection."""
         from redis.exceptions import ResponseError
 
         error = None
-        while self._owed and (block or every or conn.can_read(timeout=0)):
-            block = False
+        while self._keys:
             try:
                 conn.read_response()
             except ResponseError as err:
