@@ -749,7 +749,7 @@ class ReadPath:
             except Exception as err:
                 log.debug("no row key: %r", err)
                 rk = None
-            if rk is not None and rk.table in tables:
+            if rk is not None and rk.tables <= set(tables):
                 plan.rowkey = rk
         self._plans.put(memo_key, plan, _PLAN_COST + _PLAN_COST_PER_CHAR * len(sql))
         return plan
@@ -1005,8 +1005,8 @@ class ReadPath:
             by_ident[ident] = row
             if ident in wanted:
                 served += _pin(wanted[ident], obj)
-        observed = rec.reads - {ALL_TABLES, rk.table}
-        if rec.impure is not None or rk.table in rec.again:
+        observed = rec.reads - {ALL_TABLES, *rk.tables}
+        if rec.impure is not None or not rk.tables.isdisjoint(rec.again):
             return own_result, served  # not storable: loaded for this session only
         if bool(scalars) != bool(plan.shape.scalars):
             return own_result, served  # not the shape a get stores
@@ -1191,7 +1191,7 @@ class ReadPath:
             return out
         observed = rec.reads - {ALL_TABLES}
         if rk is not None:
-            if rk.table in rec.again:
+            if not rk.tables.isdisjoint(rec.again):
                 # another statement of this load (an eager load back to the same
                 # table) read rows the key does not name: whole tables from now on
                 plan.rowkey = None
@@ -1199,8 +1199,8 @@ class ReadPath:
                 stats.incr(region.name, "not_stored", plan=plan,
                            why="read its rows again: whole tables")  # fmt: skip
                 return out
-            # its own table's rows are versioned by name (rows.RowKey.names)
-            observed = observed - {rk.table}
+            # the rows of its keyed tables are versioned by name (rows.RowKey.names)
+            observed = observed - rk.tables
             if rk.kind == "row" and frozen.data:
                 names, versions = _found_row(rk, names, versions)
         if not observed.issubset(names):
@@ -1430,8 +1430,8 @@ def _found_row(
 ) -> tuple[tuple[str, ...], list[int]]:
     """The names and versions an entry that found its row keeps: a row found
     depends on it alone; only "no such row" depends on inserts (``t@ins``)."""
-    ins = rows.inserts(rk.table)
-    keep = [i for i, n in enumerate(names) if n != ins]
+    ins = {rows.inserts(t) for t in rk.found()}
+    keep = [i for i, n in enumerate(names) if n not in ins]
     k = len(versions) - len(names)  # a store's own values first (the epoch)
     return tuple(names[i] for i in keep), versions[:k] + [versions[k + i] for i in keep]
 

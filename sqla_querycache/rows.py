@@ -360,19 +360,31 @@ def hint_for(mapper: Any, state: Any, table: Table) -> tuple[Any, dict[Any, str 
 class RowKey:
     """How one statement shape's executions name the rows they read.
 
-    ``kind`` is ``"row"`` (the primary key of the only table read is bound:
-    one row) or ``"member"`` (a declared foreign key is bound: one
-    collection). ``positions`` locate the bound values among the cache key's
-    bind parameters, which are aligned for every statement of a shape.
+    ``kind`` is ``"row"`` (the primary key of the anchor table is bound: one
+    row) or ``"member"`` (a declared foreign key is bound: one collection).
+    ``positions`` locate the bound values among the cache key's bind
+    parameters, which are aligned for every statement of a shape. ``joined``
+    names the other tables whose rows the same values select (a joined
+    inheritance subclass table: ``engineer.id = employee.id = :pk``), each
+    with the order of the values in its own primary key and whether its row
+    must exist for a row to be returned (an inner join). Every other table
+    the statement reads is versioned whole.
     """
 
-    __slots__ = ("cols", "kind", "positions", "table")
+    __slots__ = ("cols", "joined", "kind", "positions", "table")
 
-    def __init__(self, table: str, kind: str, cols: tuple[str, ...], positions: list[int]):
+    def __init__(self, table: str, kind: str, cols: tuple[str, ...], positions: list[int],
+                 joined: tuple[tuple[str, tuple[int, ...], bool], ...] = ()):  # fmt: skip
         self.table = table
         self.kind = kind
         self.cols = cols
         self.positions = positions
+        self.joined = joined
+
+    @property
+    def tables(self) -> frozenset[str]:
+        """The tables read by row (their names are the row names, not the table)."""
+        return frozenset((self.table, *(t for t, _, _ in self.joined)))
 
     def encode(self, bindparams: Sequence[Any], params: Any, stmt_params: Any) -> str | None:
         """This execution's key values, encoded (None: NULL or not nameable)."""
@@ -392,26 +404,102 @@ class RowKey:
     def names(self, tables: Iterable[str], enc: str) -> list[str]:
         """The version names an execution with key ``enc`` depends on."""
         out: list[str] = []
+        joined = {t: order for t, order, _ in self.joined}
         for t in tables:
-            if t != self.table:
-                out.append(t)
-                continue
-            out.append(rows_any(t))
-            if self.kind == "row":
-                out.append(row_name(t, enc))
-                out.append(inserts(t))  # kept by an entry only if it found no row
+            if t == self.table:
+                out.append(rows_any(t))
+                if self.kind == "row":
+                    out.append(row_name(t, enc))
+                    out.append(inserts(t))  # kept by an entry only if it found no row
+                else:
+                    out.append(member_name(t, self.cols, enc))
+                    out.append(member_name(t, self.cols, "*"))
+            elif t in joined:
+                out.append(rows_any(t))
+                out.append(row_name(t, _reorder(enc, joined[t])))
+                out.append(inserts(t))
             else:
-                out.append(member_name(t, self.cols, enc))
-                out.append(member_name(t, self.cols, "*"))
+                out.append(t)
         return out
+
+    def found(self) -> frozenset[str]:
+        """Tables whose row exists whenever the statement returned a row: an
+        entry that found one does not depend on their inserts (``t@ins``)."""
+        return frozenset((self.table, *(t for t, _, inner in self.joined if inner)))
+
+
+def _reorder(enc: str, order: tuple[int, ...]) -> str:
+    """The anchor's encoded key values in another table's primary key order."""
+    if len(order) == 1:
+        return enc
+    parts = enc.split(",")
+    return ",".join(parts[i] for i in order)
+
+
+_Flat = tuple[list[Table], list[Any], list[tuple[Any, set[Any]]]]
+
+
+def _flatten(froms: Sequence[Any]) -> _Flat | None:
+    """The tables of a FROM list, the ON conjuncts that restrict every table they
+    name (inner joins), and those that restrict only a LEFT join's right side
+    (with those tables). None for anything else (subqueries, aliases, FULL joins)."""
+    from sqlalchemy.sql.selectable import Join
+
+    tables: list[Table] = []
+    inner: list[Any] = []
+    outer: list[tuple[Any, set[Any]]] = []
+
+    def walk(f: Any) -> set[Any] | None:
+        if isinstance(f, Table):
+            tables.append(f)
+            return {f}
+        if isinstance(f, Join):
+            if f.full:
+                return None
+            left, right = walk(f.left), walk(f.right)
+            if left is None or right is None:
+                return None
+            ons = list(_conjuncts([f.onclause])) if f.onclause is not None else []
+            if f.isouter:
+                outer.extend((c, right) for c in ons)
+            else:
+                inner.extend(ons)
+            return left | right
+        return None
+
+    for f in froms:
+        if walk(f) is None:
+            return None
+    if len({id(t) for t in tables}) != len(tables):
+        return None  # a table twice (a self-join): not one row per table
+    return tables, inner, outer
+
+
+def _column_of(tables: list[Table], col: Any) -> tuple[Table, str] | None:
+    """(the table among ``tables``, column name) that ``col`` stands for, or None.
+
+    By name: an annotated column (the ORM's) and its table's own are
+    different objects."""
+    if not isinstance(col, ColumnClause) or col.table is None:
+        return None
+    for t in tables:
+        found = t.c.corresponding_column(col)
+        if found is not None and found.table is t:
+            return t, found.name
+    return None
 
 
 def row_key(compiled: Any, bindparams: Sequence[Any], table_name: Any) -> RowKey | None:
     """The :class:`RowKey` of a compiled SELECT, or None (it depends on whole tables).
 
-    Only a statement whose one FROM is a table, with no subquery or SQL text
-    anywhere, qualifies: then the rows it reads are exactly those its bound
-    primary key (or foreign key) selects.
+    Only plain tables and joins of them may be read, with no subquery or SQL
+    text anywhere. The anchor is the first table whose primary key (else a
+    declared foreign key) is bound by ``col = :value`` conjuncts of the WHERE
+    clause or of inner joins' ON clauses (an ON clause of a LEFT join keeps
+    every row of its left side, so it names rows of its right side only):
+    the rows read from it are exactly those the values select. A table whose
+    primary key equals the anchor's, column for column, is read by the same
+    values. Every other table is versioned whole.
     """
     from sqlalchemy.sql import visitors
 
@@ -419,10 +507,10 @@ def row_key(compiled: Any, bindparams: Sequence[Any], table_name: Any) -> RowKey
     core = getattr(state, "statement", None)
     if not isinstance(core, Select):
         return None
-    froms = core.get_final_froms()
-    if len(froms) != 1 or not isinstance(froms[0], Table):
+    flat = _flatten(core.get_final_froms())
+    if flat is None:
         return None
-    table = froms[0]
+    tables, inner, outer = flat
     for e in visitors.iterate(core):
         if e is core:
             continue
@@ -430,26 +518,89 @@ def row_key(compiled: Any, bindparams: Sequence[Any], table_name: Any) -> RowKey
             return None
         if isinstance(e, ColumnClause) and e.table is None:
             return None  # literal_column(): text we cannot read
-    eq = equalities(table, core._where_criteria)
-    if not eq:
-        return None
-    pk = list(table.primary_key.columns)
-    chosen: tuple[str, tuple[str, ...]] | None = None
-    if pk and all(nameable(c) and c.name in eq for c in pk):
-        chosen = ("row", tuple(c.name for c in pk))
-    else:
-        for g in fk_groups(table):
-            if all(n in eq for n in g):
-                chosen = ("member", g)
+    binds: dict[tuple[int, str], BindParameter[Any]] = {}  # (table, column) -> bound value
+    #: (table, column) = (table, column), and which tables it restricts (None: all)
+    links: list[tuple[tuple[Table, str], tuple[Table, str], set[Any] | None]] = []
+    for c, side in [*((c, None) for c in _conjuncts(core._where_criteria)),
+                    *((c, None) for c in inner), *outer]:  # fmt: skip
+        if not (isinstance(c, BinaryExpression) and c.operator is operators.eq):
+            continue
+        left, right = c.left, c.right
+        if isinstance(right, ColumnClause) and isinstance(left, BindParameter):
+            left, right = right, left
+        a = _column_of(tables, left)
+        if a is None:
+            continue
+        if isinstance(right, BindParameter):
+            if side is not None and a[0] not in side:
+                continue  # a LEFT join's ON on its left side selects nothing
+            k = (id(a[0]), a[1])
+            if k in binds:
+                return None  # id = :a AND id = :b: not one row
+            binds[k] = right
+            continue
+        b = _column_of(tables, right)
+        if b is not None:
+            links.append((a, b, side))
+    chosen: tuple[Table, str, list[str]] | None = None
+    for t in tables:
+        pk = list(t.primary_key.columns)
+        if pk and all(nameable(c) and (id(t), c.name) in binds for c in pk):
+            chosen = (t, "row", [c.name for c in pk])
+            break
+    if chosen is None:
+        for t in tables:
+            for g in fk_groups(t):
+                if all((id(t), n) in binds for n in g):
+                    chosen = (t, "member", list(g))
+                    break
+            if chosen is not None:
                 break
     if chosen is None:
         return None
-    kind, cols = chosen
+    anchor, kind, cols = chosen
     index = {bp.key: i for i, bp in enumerate(bindparams)}
     positions = []
     for n in cols:
-        i = index.get(eq[n].key)
+        i = index.get(binds[(id(anchor), n)].key)
         if i is None:
             return None
         positions.append(i)
-    return RowKey(table_name(table), kind, cols, positions)
+    joined: list[tuple[str, tuple[int, ...], bool]] = []
+    if kind == "row":
+        for u in tables:
+            if u is anchor:
+                continue
+            order = _linked_key(u, anchor, cols, links)
+            if order is not None:
+                joined.append((table_name(u), order[0], order[1]))
+    return RowKey(table_name(anchor), kind, tuple(cols), positions, tuple(joined))
+
+
+def _linked_key(u: Table, anchor: Table, anchor_pk: list[str],
+                links: list[tuple[tuple[Table, str], tuple[Table, str], set[Any] | None]]
+                ) -> tuple[tuple[int, ...], bool] | None:  # fmt: skip
+    """If every primary key column of ``u`` equals one of the anchor's, the
+    position of each among the anchor's (and whether all links are inner)."""
+    pk = list(u.primary_key.columns)
+    if not pk or len(pk) != len(anchor_pk) or not all(nameable(c) for c in pk):
+        return None
+    order: list[int] = []
+    inner = True
+    for c in pk:
+        found = None
+        for a, b, side in links:
+            for mine, other in ((a, b), (b, a)):
+                if (mine[0] is u and mine[1] == c.name and other[0] is anchor
+                        and other[1] in anchor_pk and (side is None or u in side)):  # fmt: skip
+                    found = (anchor_pk.index(other[1]), side is None)
+                    break
+            if found is not None:
+                break
+        if found is None:
+            return None
+        order.append(found[0])
+        inner = inner and found[1]
+    if sorted(order) != list(range(len(anchor_pk))):
+        return None
+    return tuple(order), inner
