@@ -166,8 +166,9 @@ class _Sender:
     server that stopped answering makes that read time out, and the send
     raises as a synchronous write would have, once per ``MAX_OWED`` writes
     instead of on every one). A read of a key still owed reads them first
-    (``RegionStore.caught_up``). One connection per process and region, under a lock: sending
-    is short, and Redis runs the commands one after the other anyway.
+    (``RegionStore.caught_up``). One connection per process and region, under
+    a lock: sending is short, and Redis runs the commands one after the other
+    anyway.
     """
 
     MAX_OWED = 16
@@ -182,14 +183,16 @@ class _Sender:
         self._keys: collections.deque[str] = collections.deque()
         self._pid = os.getpid()
 
-    @property
-    def _owed(self) -> int:
-        return len(self._keys)
-
     def owes(self, keys: list[str]) -> bool:
-        """Is a write of one of ``keys`` possibly still on its way?"""
+        """Is a write of one of ``keys`` possibly still on its way? (No lock:
+        a deque another thread changes meanwhile answers "perhaps".)"""
         owed = self._keys
-        return any(k in owed for k in keys) if len(owed) * len(keys) < 256 else True
+        if len(owed) * len(keys) >= 256:
+            return True
+        try:
+            return any(k in owed for k in keys)
+        except RuntimeError:  # mutated during the scan
+            return True
 
     def send(self, key: str, *args: Any) -> None:
         """Send one command (writing ``key``). Raises if it could not be sent,
@@ -203,7 +206,7 @@ class _Sender:
                 try:
                     # replies are read in batches: by the time MAX_OWED are owed,
                     # all of them have long arrived (no poll of the socket per write)
-                    if self._owed >= self.MAX_OWED:
+                    if len(self._keys) >= self.MAX_OWED:
                         earlier = self._read(self._conn)
                 except Exception as err:
                     self._drop()
@@ -259,7 +262,7 @@ class _Sender:
     @property
     def owed(self) -> int:
         """Replies not read yet (commands that may still be on their way)."""
-        return self._owed
+        return len(self._keys)
 
     def _connection(self) -> Any:
         if self._conn is None:
