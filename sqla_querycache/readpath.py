@@ -1080,9 +1080,10 @@ class ReadPath:
                 ((name, idx),) = by_region.items()
                 region = probes[idx[0]][1]
                 if self._combined(region):  # the entries and the versions: one round trip
-                    region.caught_up([probes[i][2] for i in idx])
+                    batch = [probes[i][2] for i in idx]
+                    region.caught_up(batch)
                     got, current = self.cache.versions.read_with_entries(  # type: ignore[attr-defined]
-                        region.redis, [probes[i][2] for i in idx], all_names)  # fmt: skip
+                        region.redis, batch, all_names)  # fmt: skip
                     raws.update(zip(idx, got))
                     by_region, combined = {}, True
             if not combined:
@@ -1430,7 +1431,7 @@ def _found_row(
 ) -> tuple[tuple[str, ...], list[int]]:
     """The names and versions an entry that found its row keeps: a row found
     depends on it alone; only "no such row" depends on inserts (``t@ins``)."""
-    ins = {rows.inserts(t) for t in rk.found()}
+    ins = {rows.inserts(t) for t in rk.found}
     keep = [i for i, n in enumerate(names) if n not in ins]
     k = len(versions) - len(names)  # a store's own values first (the epoch)
     return tuple(names[i] for i in keep), versions[:k] + [versions[k + i] for i in keep]

@@ -266,9 +266,9 @@ class _Sender:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            # not the pool's make_connection(): the pool counts those against its
-            # max_connections and never uncounts them (this one is never given back)
-            self._conn = self._pool.connection_class(**self._pool.connection_kwargs)
+            from .versions import own_connection
+
+            self._conn = own_connection(self._pool)
             self._keys.clear()
         return self._conn
 

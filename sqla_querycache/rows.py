@@ -371,7 +371,7 @@ class RowKey:
     the statement reads is versioned whole.
     """
 
-    __slots__ = ("cols", "joined", "kind", "positions", "table")
+    __slots__ = ("_order", "cols", "found", "joined", "kind", "positions", "table", "tables")
 
     def __init__(self, table: str, kind: str, cols: tuple[str, ...], positions: list[int],
                  joined: tuple[tuple[str, tuple[int, ...], bool], ...] = ()):  # fmt: skip
@@ -380,11 +380,12 @@ class RowKey:
         self.cols = cols
         self.positions = positions
         self.joined = joined
-
-    @property
-    def tables(self) -> frozenset[str]:
-        """The tables read by row (their names are the row names, not the table)."""
-        return frozenset((self.table, *(t for t, _, _ in self.joined)))
+        self._order = {t: order for t, order, _ in joined}
+        #: the tables read by row (their names are the row names, not the table)
+        self.tables = frozenset((table, *self._order))
+        #: tables whose row exists whenever the statement returned a row: an
+        #: entry that found one does not depend on their inserts (``t@ins``)
+        self.found = frozenset((table, *(t for t, _, inner in joined if inner)))
 
     def encode(self, bindparams: Sequence[Any], params: Any, stmt_params: Any) -> str | None:
         """This execution's key values, encoded (None: NULL or not nameable)."""
@@ -404,7 +405,7 @@ class RowKey:
     def names(self, tables: Iterable[str], enc: str) -> list[str]:
         """The version names an execution with key ``enc`` depends on."""
         out: list[str] = []
-        joined = {t: order for t, order, _ in self.joined}
+        joined = self._order
         for t in tables:
             if t == self.table:
                 out.append(rows_any(t))
@@ -421,11 +422,6 @@ class RowKey:
             else:
                 out.append(t)
         return out
-
-    def found(self) -> frozenset[str]:
-        """Tables whose row exists whenever the statement returned a row: an
-        entry that found one does not depend on their inserts (``t@ins``)."""
-        return frozenset((self.table, *(t for t, _, inner in self.joined if inner)))
 
 
 def _reorder(enc: str, order: tuple[int, ...]) -> str:

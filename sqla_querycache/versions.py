@@ -322,6 +322,15 @@ def private_client(client: Any, timeout: float = TIMEOUT, on_connect: Any = None
     return redis.Redis(connection_pool=new_pool)
 
 
+def own_connection(pool: Any) -> Any:
+    """A connection made like ``pool``'s, kept by its caller.
+
+    Not the pool's ``make_connection()``: the pool counts those against its
+    ``max_connections`` and never uncounts them (they are not given back), so
+    after ~100 threads or broken connections nothing could be sent."""
+    return pool.connection_class(**pool.connection_kwargs)
+
+
 class _Ticket:
     """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
 
@@ -955,11 +964,7 @@ class RedisVersions:
         local = self._local
         conn = getattr(local, "conn", None)
         if conn is None or local.pid != os.getpid():
-            # not the pool's make_connection(): the pool counts those against its
-            # max_connections and never uncounts them (they are not given back), so
-            # after ~100 threads or broken connections no write could be sent
-            pool = self.client.connection_pool
-            conn = local.conn = pool.connection_class(**pool.connection_kwargs)
+            conn = local.conn = own_connection(self.client.connection_pool)
             local.pending = collections.deque()
             local.pid = os.getpid()
         return conn
