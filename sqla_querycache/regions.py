@@ -29,7 +29,7 @@ from typing import Any
 from dogpile.cache import CacheRegion, make_region
 from dogpile.cache.api import NO_VALUE
 
-from . import codec, memcached
+from . import codec, memcached, wire
 from .exc import ConfigurationError
 
 #: seconds an entry of a region without ``expiration_time`` lives in Redis
@@ -217,7 +217,7 @@ class _Sender:
                     # there, and their next reads miss; the new one stands alone
             for fresh in (self._conn is None, True):
                 try:
-                    self._connection().send_command(*args)
+                    wire.reader_of(self._connection()).send(wire.pack(*args))
                     break
                 except Exception:
                     self._drop()
@@ -251,9 +251,10 @@ class _Sender:
         from redis.exceptions import ResponseError
 
         error = None
+        reader = wire.reader_of(conn)
         while self._keys:
             try:
-                conn.read_response()
+                reader.read()
             except ResponseError as err:
                 error = error or err
             self._keys.popleft()

@@ -24,12 +24,28 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from . import wire
+
 log = logging.getLogger("sqla_querycache")
+
+
+#: fresh versions are random in [10**18, 2**62): always 19 digits (a read command's
+#: arguments have a fixed size), never a leading zero (Redis INCRs them)
+_FRESH_LOW = 10**18
+_FRESH_SPAN = (1 << 62) - _FRESH_LOW
+
+
+def fresh_versions(n: int) -> list[int]:
+    """``n`` starting values no earlier incarnation of the store could have used
+    (61.7 random bits each, from one read of the OS's random source)."""
+    raw = os.urandom(8 * n)
+    return [_FRESH_LOW + int.from_bytes(raw[i : i + 8], "big") % _FRESH_SPAN
+            for i in range(0, 8 * n, 8)]  # fmt: skip
 
 
 def fresh_version() -> int:
     """A starting value no earlier incarnation of the store could have used."""
-    return secrets.randbits(62)
+    return fresh_versions(1)[0]
 
 
 class VersionStore(Protocol):
@@ -434,6 +450,7 @@ class RedisVersions:
         self._boot = self.client.register_script(_BOOT_LUA)
         self._verify = self.client.register_script(_VERIFY_LUA)
         self._noscript = False  # the server lost our scripts: send the next ones with EVAL
+        self._read_cmds: dict[Sequence[str], tuple[bool, bytes]] = {}  # _read_command
         self._ends: list[tuple[str, str]] = []  # post-commit halves not delivered yet
         self._cancels: list[tuple[str, str]] = []  # marks of unknown fate to resolve
         self._tokens: dict[int, tuple[Any, str, float]] = {}  # id(names) -> names, token, t
@@ -525,9 +542,25 @@ class RedisVersions:
 
     def read_args(self, names: Sequence[str]) -> tuple[list[str], list[Any]]:
         keys = [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
-        args = [int(self.lease * 1000), fresh_version()]
-        args.extend(fresh_version() for _ in names)
-        return keys, args
+        return keys, [int(self.lease * 1000), *fresh_versions(1 + len(names))]
+
+    def _read_command(self, names: Sequence[str]) -> bytes:
+        """The read script's command for ``names``, packed: all but its fresh values
+        are the same on every call, so that part is packed once per tuple of names."""
+        noscript = self._noscript
+        if type(names) is not tuple:
+            names = tuple(names)
+        memo = self._read_cmds.get(names)
+        if memo is None or memo[0] != noscript:
+            if len(self._read_cmds) > 4096:
+                self._read_cmds.clear()
+            keys = [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
+            head = ("EVAL", _READ_LUA) if noscript else ("EVALSHA", self._read.sha)
+            count = len(head) + 1 + len(keys) + 2 + len(names)
+            memo = self._read_cmds[names] = (noscript, wire.pack_prefix(
+                count, *head, len(keys), *keys, int(self.lease * 1000)))  # fmt: skip
+        return memo[1] + b"".join([b"$19\r\n%d\r\n" % v
+                                   for v in fresh_versions(1 + len(names))])  # fmt: skip
 
     @staticmethod
     def parse(raw: Any) -> list[int] | None:
@@ -560,25 +593,25 @@ class RedisVersions:
         tables as settled at once, instead of bypassing them until the timer.
         """
         self._circuit.check()
-        keys, args = self.read_args(names)
         if self._cluster:  # a cluster pipeline refuses scripts; these keys share one slot
             if self._ends or self._cancels:
                 try:
                     self._send((), "")
                 except Unavailable:
                     pass
+            keys, args = self.read_args(names)
             return None, self.parse(self._call(self._read, keys, args))
         if key is None and not self._ends and not self._cancels:
-            return None, self.parse(self._read_direct(keys, args))  # this thread's connection
+            return None, self.parse(self._read_direct(names))  # this thread's connection
         with self._ends_lock:
             ends, self._ends = self._ends, []
             cancels, self._cancels = self._cancels, []
         try:
             try:
-                out = self._pipelined(key, keys, args, ends, cancels)
+                out = self._pipelined(key, names, ends, cancels)
             except NoScriptError:  # a restarted or flushed server: EVAL loads them again
                 self._noscript = True
-                out = self._pipelined(key, keys, args, ends, cancels)
+                out = self._pipelined(key, names, ends, cancels)
         except Exception as err:
             with self._ends_lock:
                 self._ends[:0] = ends  # keep them for the next attempt
@@ -588,7 +621,7 @@ class RedisVersions:
         self._ok()
         return (out[-2] if key is not None else None), self.parse(out[-1])
 
-    def _pipelined(self, key: str | list[str] | None, keys: list[str], args: list[Any],
+    def _pipelined(self, key: str | list[str] | None, names: Sequence[str],
                    ends: list[tuple[str, str]], cancels: list[tuple[str, str]]) -> Any:  # fmt: skip
         # This thread's own connection, the commands packed at once and their
         # replies read raw: half the cost of a redis-py pipeline (no pipeline
@@ -596,22 +629,21 @@ class RedisVersions:
         # connection still owed (writes sent ahead) are read first, in order.
         # EVALSHA directly: a Script object would cost a SCRIPT EXISTS.
         noscript = self._noscript
-        cmds: list[tuple[Any, ...]] = []
+        cmds: list[bytes] = []
         if ends or cancels:
             wargs = self._write_args((), "", ends, cancels)
-            cmds.append(("EVAL", _WRITE_LUA, *wargs) if noscript
-                        else ("EVALSHA", self._write.sha, *wargs))  # fmt: skip
+            cmds.append(wire.pack("EVAL", _WRITE_LUA, *wargs) if noscript
+                        else wire.pack("EVALSHA", self._write.sha, *wargs))  # fmt: skip
         if isinstance(key, list):
-            cmds.append(("MGET", *key))
+            cmds.append(wire.pack("MGET", *key))
         elif key is not None:
-            cmds.append(("GET", key))
-        cmds.append(("EVAL", _READ_LUA, len(keys), *keys, *args) if noscript
-                    else ("EVALSHA", self._read.sha, len(keys), *keys, *args))  # fmt: skip
+            cmds.append(wire.pack("GET", key))
+        cmds.append(self._read_command(names))
         local = self._local
         conn = self._thread_connection()
         tickets = [_Ticket([]) for _ in cmds]  # their ends, if any, the caller keeps
         try:
-            conn.send_packed_command(conn.pack_commands(cmds))
+            wire.reader_of(conn).send(b"".join(cmds))
         except Exception as err:
             self._fail_connection(err)
             raise
@@ -673,10 +705,10 @@ class RedisVersions:
                 break
         raise Unavailable(f"version store write failed: {ticket.error!r}")
 
-    def _read_direct(self, keys: list[str], args: list[Any]) -> Any:
+    def _read_direct(self, names: Sequence[str]) -> Any:
         ticket = None
         for _ in range(2):  # once more after NOSCRIPT (then with EVAL)
-            ticket = self._send_script(self._read.sha, _READ_LUA, [len(keys), *keys, *args], [])
+            ticket = self._send_script("", "", [], [], packed=self._read_command(names))
             if self.wait(ticket):
                 return ticket.reply
             if not isinstance(ticket.error, NoScriptError):
@@ -685,7 +717,10 @@ class RedisVersions:
 
     def _send_script(self, sha: str, lua: str, args: list[Any], ends: list[tuple[str, str]],
                      names: Sequence[str] = (), token: str = "",
-                     cancels: list[tuple[str, str]] | None = None) -> _Ticket:  # fmt: skip
+                     cancels: list[tuple[str, str]] | None = None,
+                     packed: bytes | None = None) -> _Ticket:  # fmt: skip
+        """Send a script (or the ``packed`` command) on this thread's connection;
+        its reply is read later (:meth:`wait`)."""
         ticket = _Ticket(ends, lua, names, token, cancels)
         local = self._local
         try:
@@ -696,10 +731,12 @@ class RedisVersions:
             return ticket
         try:
             conn = self._thread_connection()
-            if self._noscript:
-                conn.send_command("EVAL", lua, *args)
+            if packed is not None:
+                wire.reader_of(conn).send(packed)
+            elif self._noscript:
+                wire.reader_of(conn).send(wire.pack("EVAL", lua, *args))
             else:
-                conn.send_command("EVALSHA", sha, *args)
+                wire.reader_of(conn).send(wire.pack("EVALSHA", sha, *args))
             ticket.conn = conn
             local.pending.append(ticket)
         except Exception as err:
@@ -781,7 +818,7 @@ class RedisVersions:
             return False
         while not ticket.done:
             try:
-                reply = local.conn.read_response()
+                reply = wire.reader_of(local.conn).read()
             except NoScriptError as err:
                 self._noscript = True  # the next scripts go with EVAL, which loads them
                 self._resolve(local.pending.popleft(), err)
