@@ -3,26 +3,37 @@
 Per statement shape (the plan digest, the fingerprint of the per-statement
 stats) this process keeps exponentially weighted averages of:
 
-- ``p``: the hit ratio of its lookups;
+- ``p``: the hit ratio of its *warm* lookups (those that found an entry: a hit,
+  or an entry a write made stale), and ``c``, the share of *cold* ones (a key
+  never stored: the price of a first store, which says nothing of the writes);
 - ``hit``: what a hit costs (from the lookup to the Result);
 - ``miss``: what a lookup that did not hit costs (lookup + query + store);
 - ``uncached``: what the query costs without the cache, as ``exec + fetch``:
   ``exec`` is the time to execute it (misses, and one skipped call in
-  ``TIME_EVERY``, both measure it), ``fetch`` the time to read its rows into objects (misses only; a
-  bypassed run hands the unread result to the caller).
+  ``TIME_EVERY``, both measure it), ``fetch`` the time to read its rows into
+  objects (misses only; a bypassed run hands the unread result to the caller).
+
+Each cost is kept twice: in wall time, and in this thread's CPU time (one call
+in ``CPU_EVERY`` reads the CPU clock, a system call).
 
 The expected saving per call is ``p * (uncached - hit) - (1 - p) * (miss -
-uncached)``. Once ``min_samples`` *warm* lookups were seen (lookups that found
-an entry: a hit, or an entry a write made stale; a cold miss of a key never
-stored is the price of a first store and says nothing of the writes) and it is
-negative, the shape is *not worth it*: its calls skip the lookup and the store and run the
-query as they would without the cache. Now and then (after ``probe_calls``
-skipped calls or ``probe_seconds``, whichever first, both doubled after each
-trial that did not pay -- unless its hit ratio beat the previous one's by
-``WARMING``: the shape's entries are being stored -- up to ``MAX_BACKOFF``
-times) a *trial* lets
+uncached)``. Cold misses are counted in epochs of ``COLD_EPOCH``; when more
+than ``COLD_SHARE`` of the lookups of an epoch were cold and that share did not
+fall by ``COLD_FALL`` from the epoch before, its keys rarely come back
+(parameters that do not repeat: a shape storing a bounded set of keys is cold
+at first, less with every epoch), and the cold share counts too: ``(1 - c) *
+that - c * (miss - uncached)``; the shape is then judged even before
+``min_samples`` warm lookups. The verdict adds the saving in wall time and the
+saving in CPU, each as a share of the uncached call's (``Shape.worth``): under
+load a process is bound by its CPU, idle by its waits. Once ``min_samples``
+warm lookups were seen (or the cold ones count) and the verdict is negative, the shape is *not worth
+it*: its calls skip the lookup and the store and run the query as they would
+without the cache. Now and then (after ``probe_calls`` skipped calls or
+``probe_seconds``, whichever first, both doubled after each trial that did not
+pay -- unless its hit ratio beat the previous one's by ``WARMING``: the shape's
+entries are being stored -- up to ``MAX_BACKOFF`` times) a *trial* lets
 ``min_samples`` lookups through the cache again, with a fresh hit ratio; the
-shape is admitted again if the saving turned positive.
+shape is admitted again if the verdict turned positive.
 
 Admission only decides whether the cache is consulted: a lookup that runs
 still validates the entry against the current versions, and writes
@@ -59,6 +70,15 @@ CLIP_AFTER = 4
 #: one skipped call in this many is run and timed by the cache (the uncached estimate);
 #: the others are left to the ORM as if the cache were not there
 TIME_EVERY = 16
+#: one call in this many is timed on the thread's CPU clock as well as the wall clock
+CPU_EVERY = 4
+#: cold misses (keys never stored) are counted in epochs of this many; they count
+#: against a shape when more than COLD_SHARE of an epoch's lookups were cold and that
+#: share did not fall by COLD_FALL from the epoch before (keys that rarely come back;
+#: a shape storing a bounded set of keys is cold at first, less with every epoch)
+COLD_EPOCH = 1000
+COLD_SHARE = 0.5
+COLD_FALL = 0.05
 #: bypass reasons (``Stats.bypass``) of admission
 NOT_WORTH_IT = "not_worth_it"
 PINNED_NEVER = "never"
@@ -106,23 +126,33 @@ class Shape:
     """One statement shape's admission state and averages (seconds)."""
 
     __slots__ = (
-        "__weakref__", "backoff", "cold", "e", "f", "h", "ke", "kf", "kh", "km", "kp", "kw",
-        "left", "m",
-        "mode", "p", "probe_at", "state", "trial", "tried",
+        "__weakref__", "backoff", "c", "ccount", "colds", "cshare", "e", "ec", "en", "f",
+        "fc", "h", "hc", "kc", "ke", "kec", "kf", "kfc", "kh", "khc", "km", "kmc", "kp", "kw",
+        "left", "m", "mc", "mode", "p", "probe_at", "state", "tick", "trial", "tried",
     )  # fmt: skip
 
     def __init__(self) -> None:
         self.state = ADMITTED
         #: the mode of the last call (a pin, or "adaptive"), for the stats
         self.mode = "adaptive"
-        self.p = self.h = self.m = self.e = self.f = 0.0
+        #: p: the hit ratio of warm lookups; c: the share of cold ones among all lookups
+        self.p = self.c = 0.0
+        #: wall-clock averages (h, m, e, f) and their CPU twins (hc, mc, ec, fc)
+        self.h = self.m = self.e = self.f = 0.0
+        self.hc = self.mc = self.ec = self.fc = 0.0
         #: samples behind each average (1/k weights until the window is full)
-        self.kp = self.kh = self.km = self.ke = self.kf = 0
+        self.kp = self.kc = self.kh = self.km = self.ke = self.kf = 0
+        self.khc = self.kmc = self.kec = self.kfc = 0
         #: warm lookups: those that found an entry (a hit, or one made stale by a write);
         #: a shape is judged only after min_samples of them
         self.kw = 0
-        #: set by a lookup that found nothing stored, read by the miss that follows
-        self.cold = False
+        #: cold misses seen in all, lookups in the current cold epoch, the cold share of
+        #: the last epoch (-1.0: none yet), and whether cold lookups count (COLD_EPOCH)
+        self.colds = self.en = 0
+        self.cshare = -1.0
+        self.ccount = False
+        #: counts calls: one in CPU_EVERY is timed in CPU too
+        self.tick = 0
         #: rejected: calls to skip before the next trial, and its time (monotonic)
         self.left = 0
         self.probe_at = 0.0
@@ -139,15 +169,64 @@ class Shape:
     def uncached(self) -> float | None:
         return self.e + self.f if self.ke and self.kf else None
 
-    def saving(self) -> float | None:
-        """Expected seconds saved per call by looking up, or None without evidence."""
-        if not self.kp or not self.kf or not self.ke:
-            return None
-        u = self.e + self.f
+    @property
+    def uncached_cpu(self) -> float | None:
+        return self.ec + self.fc if self.kec and self.kfc else None
+
+    def cpu_clock(self) -> float:
+        """The thread's CPU clock for one call in CPU_EVERY, else -1.0 (not timed: reading
+        it is a system call, ~0.7 us)."""
+        t = self.tick = (self.tick + 1) % CPU_EVERY
+        return -1.0 if t else time.thread_time()
+
+    def _saving(self, h: float, kh: int, m: float, km: int, u: float) -> float:
+        """Expected saving per call for costs ``h`` (hit), ``m`` (miss), ``u`` (uncached).
+
+        Warm lookups hit ``p`` of the time. Cold ones (a key never stored) are the
+        price of a first store, held against the shape only while its keys do not
+        come back (``ccount``, COLD_EPOCH): a shape whose entries are being stored is not
+        turned away for being cold (turned away, it would store nothing and stay
+        cold)."""
         p = self.p
-        gain = p * (u - self.h) if self.kh else 0.0
-        loss = (1.0 - p) * (self.m - u) if self.km else 0.0
-        return gain - loss
+        warm = 0.0
+        if self.kp:  # evidence from warm lookups
+            warm = (p * (u - h) if kh else 0.0) - ((1.0 - p) * (m - u) if km else 0.0)
+        if not self.ccount:
+            return warm
+        c = self.c
+        return (1.0 - c) * warm - (c * (m - u) if km else 0.0)
+
+    def saving(self) -> float | None:
+        """Expected wall-clock seconds saved per call by looking up, or None without evidence."""
+        if not (self.kp or self.ccount) or not self.kf or not self.ke:
+            return None
+        return self._saving(self.h, self.kh, self.m, self.km, self.e + self.f)
+
+    def saving_cpu(self) -> float | None:
+        """Expected CPU seconds of this thread saved per call, or None without evidence."""
+        uc = self.uncached_cpu
+        if not (self.kp or self.ccount) or uc is None or not (self.khc or self.kmc):
+            return None
+        return self._saving(self.hc, self.khc, self.mc, self.kmc, uc)
+
+    def worth(self) -> float | None:
+        """The verdict: > 0 worth it, < 0 not, None without evidence.
+
+        The saving in wall time and in the thread's CPU, each as a share of the
+        uncached call's: a process under load is bound by its CPU (a hit that frees
+        the CPU pays there, however long it waits on Redis, and a wall clock read
+        among busy threads measures their turns at the GIL too); an idle one by its
+        waits (a hit that spares a 20 ms query pays even if it costs a little CPU).
+        """
+        s = self.saving()
+        if s is None:
+            return None
+        sc = self.saving_cpu()
+        if sc is None:
+            return s
+        u = self.e + self.f
+        uc = self.ec + self.fc
+        return (s / u if u > 0 else 0.0) + (sc / uc if uc > 0 else 0.0)
 
     def describe(self) -> str:
         """The state, as the stats show it."""
@@ -158,6 +237,7 @@ class Shape:
     def summary(self) -> dict[str, Any]:
         """The averages, in microseconds, for the stats."""
         s = self.saving()
+        sc = self.saving_cpu()
         u = self.uncached
 
         def us(v: float | None) -> float | None:
@@ -170,57 +250,80 @@ class Shape:
             "miss_us": us(self.m) if self.km else None,
             "uncached_us": us(u),
             "saving_us": us(s),
+            "saving_cpu_us": us(sc),
         }
 
     # -------------------------------------------------------- samples
 
-    def hit(self, seconds: float, policy: Policy, served: int = 1) -> None:
-        """A hit that cost ``seconds``. A batch that answered ``served`` calls at
-        once (a lazy load and its siblings' prefetched targets) counts as that many
-        hits (at most a window's worth) of ``seconds / served`` each."""
+    def hit(self, seconds: float, policy: Policy, served: int = 1,
+            cpu: float | None = None) -> None:  # fmt: skip
+        """A hit that cost ``seconds`` (``cpu`` of them on this thread's CPU, if timed).
+        A batch that answered ``served`` calls at once (a lazy load and its siblings'
+        prefetched targets) counts as that many hits (at most a window's worth) of
+        ``seconds / served`` each."""
         if served > 1:
             seconds /= served
+            if cpu is not None:
+                cpu /= served
+        self.en += served
         for _ in range(min(served, policy.window)):
             k = self.kh = self.kh + 1
-            h = self.h
-            if k > CLIP_AFTER and seconds > CLIP * h:  # a stall (GC, a descheduled thread)
-                seconds = CLIP * h
-            self.h = h + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - h)
+            self.h = _mean(self.h, k, seconds, policy)
+            if cpu is not None:
+                k = self.khc = self.khc + 1
+                self.hc = _mean(self.hc, k, cpu, policy)
             k = self.kp = self.kp + 1
             self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
+            k = self.kc = self.kc + 1
+            self.c -= (policy.alpha if k > policy.window else 1.0 / k) * self.c
             self.kw += 1
             if self.kw >= policy.min_samples or self.state == PROBING:
                 self._decide(policy)
 
-    def missed(self, seconds: float, policy: Policy) -> None:
-        """A lookup that did not hit cost ``seconds`` in all (lookup, query, store)."""
+    def missed(self, seconds: float, policy: Policy, cpu: float | None = None,
+               cold: bool = False) -> None:  # fmt: skip
+        """A lookup that did not hit cost ``seconds`` in all (lookup, query, store);
+        ``cold``: it found nothing stored for its key."""
         k = self.km = self.km + 1
-        m = self.m
-        if k > CLIP_AFTER and seconds > CLIP * m:
-            seconds = CLIP * m
-        self.m = m + (policy.alpha if k > policy.window else 1.0 / k) * (seconds - m)
-        k = self.kp = self.kp + 1
-        self.p -= (policy.alpha if k > policy.window else 1.0 / k) * self.p
-        if self.cold:  # nothing was stored for its key yet: it tells nothing of writes
-            self.cold = False
+        self.m = _mean(self.m, k, seconds, policy)
+        if cpu is not None:
+            k = self.kmc = self.kmc + 1
+            self.mc = _mean(self.mc, k, cpu, policy)
+        k = self.kc = self.kc + 1
+        a = policy.alpha if k > policy.window else 1.0 / k
+        self.en += 1
+        if cold:  # nothing was stored for its key yet: it tells nothing of writes
+            n = self.colds = self.colds + 1
+            if not n % COLD_EPOCH:  # an epoch ends
+                share = COLD_EPOCH / self.en
+                prev = self.cshare  # the first epoch alone never counts
+                self.ccount = prev >= 0 and share > COLD_SHARE and share > prev * (1 - COLD_FALL)
+                self.cshare = share
+                self.en = 0
+            self.c += a * (1.0 - self.c)
         else:
+            self.c -= a * self.c
+            k = self.kp = self.kp + 1
+            self.p -= (policy.alpha if k > policy.window else 1.0 / k) * self.p
             self.kw += 1
-        if self.kw >= policy.min_samples or self.state == PROBING:
+        if self.kw >= policy.min_samples or self.state == PROBING or self.ccount:
             self._decide(policy)
 
-    def ran(self, execute: float, fetch: float | None, policy: Policy) -> None:
-        """The query ran: ``execute`` seconds, then ``fetch`` reading its rows (a miss)."""
+    def ran(self, execute: float, fetch: float | None, policy: Policy,
+            cpu: tuple[float, float | None] | None = None) -> None:  # fmt: skip
+        """The query ran: ``execute`` seconds, then ``fetch`` reading its rows (a miss);
+        ``cpu``: the same two, on this thread's CPU, if timed."""
         k = self.ke = self.ke + 1
-        e = self.e
-        if k > CLIP_AFTER and execute > CLIP * e:
-            execute = CLIP * e
-        self.e = e + (policy.alpha if k > policy.window else 1.0 / k) * (execute - e)
+        self.e = _mean(self.e, k, execute, policy)
         if fetch is not None:
             k = self.kf = self.kf + 1
-            f = self.f
-            if k > CLIP_AFTER and fetch > CLIP * f:
-                fetch = CLIP * f
-            self.f = f + (policy.alpha if k > policy.window else 1.0 / k) * (fetch - f)
+            self.f = _mean(self.f, k, fetch, policy)
+        if cpu is not None:
+            k = self.kec = self.kec + 1
+            self.ec = _mean(self.ec, k, cpu[0], policy)
+            if cpu[1] is not None:
+                k = self.kfc = self.kfc + 1
+                self.fc = _mean(self.fc, k, cpu[1], policy)
 
     # -------------------------------------------------------- state machine
 
@@ -234,7 +337,7 @@ class Shape:
         # a trial: min_samples lookups with a fresh hit ratio
         self.state = PROBING
         self.trial = policy.min_samples
-        self.kp = 0
+        self.kp = self.kc = 0
         return True
 
     def _decide(self, policy: Policy) -> None:
@@ -243,7 +346,7 @@ class Shape:
             self.trial -= 1
             if self.trial > 0:
                 return
-            s = self.saving()
+            s = self.worth()
             if s is not None and s < 0:
                 if self.p <= self.tried + WARMING:  # not warming up: wait longer
                     self.backoff = min(self.backoff * 2, MAX_BACKOFF)
@@ -253,7 +356,7 @@ class Shape:
                 self.backoff = 1
             return
         if state == ADMITTED:
-            s = self.saving()
+            s = self.worth()
             if s is not None and s < 0:
                 self._reject(policy)
 
@@ -262,3 +365,12 @@ class Shape:
         self.left = policy.probe_calls * self.backoff
         self.probe_at = time.monotonic() + policy.probe_seconds * self.backoff
         self.state = REJECTED
+
+
+def _mean(avg: float, k: int, sample: float, policy: Policy) -> float:
+    """``avg`` moved towards the ``k``-th ``sample`` (1/k weights until the window is
+    full, then ``policy.alpha``), the sample clipped to CLIP times the average once
+    CLIP_AFTER were seen (a stall: a GC pause, a descheduled thread)."""
+    if k > CLIP_AFTER and sample > CLIP * avg:
+        sample = CLIP * avg
+    return avg + (policy.alpha if k > policy.window else 1.0 / k) * (sample - avg)

@@ -244,8 +244,9 @@ class Decision:
     of the DEBUG line, and the error or the tables written.
     """
 
-    __slots__ = ("bind", "cache_key", "enc", "flush_on_hit", "key", "names", "plan", "region",
-                 "region_name", "rk", "shape", "skip", "t0", "tagged", "ttl")  # fmt: skip
+    __slots__ = ("bind", "c0", "cache_key", "cold", "enc", "flush_on_hit", "key", "names",
+                 "plan", "region", "region_name", "rk", "shape", "skip", "t0", "tagged",
+                 "ttl")  # fmt: skip
 
     def __init__(self, region_name: str, ttl: float | None, tagged: bool):
         self.region_name = region_name
@@ -261,6 +262,8 @@ class Decision:
         self.enc: Any = None
         self.shape: admission.Shape | None = None  # its admission state
         self.t0 = 0.0  # when what the cache costs this call began
+        self.c0 = -1.0  # the same on the thread's CPU clock (-1.0: not timed in CPU)
+        self.cold = False  # its lookup found nothing stored for its key
         self.skip: tuple[str, str, str, Any] | None = None
         #: the session was clean when decided: a hit autoflushes it (a no-op, as the
         #: ORM's would be), a miss leaves it to the ORM (one autoflush either way)
@@ -407,6 +410,7 @@ class ReadPath:
                 skip = not shape.admit(cache._policy)  # counts the call down to a trial
             else:  # explain: look, do not count
                 skip = shape.state == admission.REJECTED
+            d.c0 = shape.cpu_clock()
             d.t0 = time.perf_counter()  # what the cache costs this call starts here
             d.key = key = "" if skip else keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
@@ -495,7 +499,7 @@ class ReadPath:
             return _pass_on(orm_state, d.bind)
         region_name, region, plan, key, names = d.region_name, d.region, d.plan, d.key, d.names
         assert region is not None and plan is not None and key is not None and names is not None
-        shape, t0 = d.shape, d.t0
+        shape, t0, c0 = d.shape, d.t0, d.c0
         assert shape is not None
         cache_key, bind, rk, enc, ttl = d.cache_key, d.bind, d.rk, d.enc, d.ttl
         session = orm_state.session
@@ -522,13 +526,13 @@ class ReadPath:
                 cache._warn(("prefetch", type(err)), "prefetch failed: %r", err)
         if result is None:
             served = 1
-            result, versions = self._lookup(orm_state, region, key, names, plan, ttl)
+            result, versions = self._lookup(orm_state, region, key, names, plan, ttl, d=d)
         klass = _identity_class(orm_state) if region_name == cache.identity_region else None
         if result is not None:
             # a prefetch's batch answered its siblings' lazy loads too: they never
             # reach the cache (the identity map has their targets), so admission
             # weighs the batch as that many hits
-            shape.hit(time.perf_counter() - t0, cache._policy, served)
+            shape.hit(time.perf_counter() - t0, cache._policy, served, _cpu(c0))
             if klass is not None:
                 stats.klass(klass, "hits")
             if d.flush_on_hit:
@@ -538,7 +542,8 @@ class ReadPath:
             stats.bypass(region_name, "unavailable", plan,
                          why="tables being written, or store down")  # fmt: skip
             # the lookup's cost, plus the query the ORM now runs (estimated)
-            shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0), cache._policy)
+            shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0), cache._policy,
+                         _cpu(c0, shape.uncached_cpu))  # fmt: skip
             return _pass_on(orm_state, bind)
         with self._locks.hold(key, cache.lock_timeout) as (locked, waited):
             mutex = region.mutex(key) if locked else None
@@ -547,10 +552,10 @@ class ReadPath:
             try:
                 if waited or mutex is not None:  # someone may have stored it meanwhile
                     result, versions = self._lookup(
-                        orm_state, region, key, names, plan, ttl, second=True
+                        orm_state, region, key, names, plan, ttl, second=True, d=d
                     )
                     if result is not None:
-                        shape.hit(time.perf_counter() - t0, cache._policy)
+                        shape.hit(time.perf_counter() - t0, cache._policy, 1, _cpu(c0))
                         if d.flush_on_hit:
                             session._autoflush()
                         return result
@@ -558,7 +563,7 @@ class ReadPath:
                         stats.bypass(region_name, "unavailable", plan,
                                      why="tables being written, or store down")  # fmt: skip
                         shape.missed(time.perf_counter() - t0 + (shape.uncached or 0.0),
-                                     cache._policy)  # fmt: skip
+                                     cache._policy, _cpu(c0, shape.uncached_cpu))  # fmt: skip
                         return _pass_on(orm_state, bind)
                 stats.incr(region_name, "misses", plan=plan)  # this request runs the query
                 if klass is not None:
@@ -566,7 +571,7 @@ class ReadPath:
                 out = self._miss(orm_state, region, key, names, versions, plan, ttl, bind,
                                  rk if enc is not None else None,
                                  _params(cache_key.bindparams, orm_state.parameters))  # fmt: skip
-                shape.missed(time.perf_counter() - t0, cache._policy)
+                shape.missed(time.perf_counter() - t0, cache._policy, _cpu(c0), d.cold)
                 return out
             finally:
                 if mutex is not None:
@@ -616,9 +621,11 @@ class ReadPath:
         stats.bypass(region, admission.NOT_WORTH_IT, plan, why=why)
         if not timed:
             return _pass_on(orm_state, bind)
+        cpu = time.thread_time()
         started = time.perf_counter()
         result = _invoke_on(orm_state, bind)
-        shape.ran(time.perf_counter() - started, None, self.cache._policy)
+        shape.ran(time.perf_counter() - started, None, self.cache._policy,
+                  (time.thread_time() - cpu, None))  # fmt: skip
         return result
 
     # ------------------------------------------------------------- choice
@@ -803,8 +810,10 @@ class ReadPath:
         plan: keys.Plan,
         ttl: float | None,
         second: bool = False,
+        d: Decision | None = None,
     ) -> tuple[Any, list[int] | None]:
-        """(result or None, current versions or None if unusable).
+        """(result or None, current versions or None if unusable); ``d.cold`` tells
+        whether nothing was stored for the key.
 
         An entry this process decoded before is kept decoded (``self.memo``);
         then only the versions are read. It is valid under exactly the same
@@ -827,10 +836,8 @@ class ReadPath:
             return None, None
         if versions is None:
             return None, None
-        if entry is None and raw is None:  # nothing stored: a cold miss, no evidence yet
-            cold = plan.adm
-            if cold is not None:
-                cold.cold = True
+        if d is not None:  # nothing stored: a cold miss, no evidence of the writes
+            d.cold = entry is None and raw is None
         return self._use(orm_state, region, key, names, plan, ttl, second, entry, raw, versions)
 
     def _use(
@@ -1160,11 +1167,13 @@ class ReadPath:
         idmap = session.identity_map
         preexisting = set(idmap.keys()) if len(idmap) else None
         rec, token = tracking.start_recording()
+        cpu0 = time.thread_time()
         started = time.perf_counter()
         try:
             # the user's query: its errors propagate
             result = _invoke_on(orm_state, bind)
             executed = time.perf_counter()
+            cpu1 = time.thread_time()
             if not isinstance(result, Result):  # something a hook returned: not ours to store
                 return result
             rowcount = result.rowcount if isinstance(result, CursorResult) else None
@@ -1176,7 +1185,9 @@ class ReadPath:
         done = time.perf_counter()
         stats.missed(region.name, plan, done - started)
         if plan.adm is not None:
-            plan.adm.ran(executed - started, done - executed, cache._policy)
+            cpu2 = time.thread_time()
+            plan.adm.ran(executed - started, done - executed, cache._policy,
+                         (cpu1 - cpu0, cpu2 - cpu1))  # fmt: skip
         shape = Shape(frozen.metadata, frozen._attributes, frozen._source_supports_scalars,
                       unique[1] if unique else None,
                       _rowcount_mode(rowcount, frozen.data))  # fmt: skip
@@ -1375,6 +1386,13 @@ def _invoke_on(orm_state: ORMExecuteState, bind: Any) -> Any:
         return orm_state.invoke_statement()
     finally:
         session.__dict__.pop("get_bind", None)
+
+
+def _cpu(c0: float, extra: float | None = None) -> float | None:
+    """This thread's CPU seconds since ``c0`` (plus ``extra``), None if not timed."""
+    if c0 < 0:
+        return None
+    return time.thread_time() - c0 + (extra or 0.0)
 
 
 def _pass_on(orm_state: ORMExecuteState, bind: Any) -> Any:

@@ -145,12 +145,15 @@ class StatementStats(TypedDict):
     admission: str | None
     #: this process's averages for the shape (None when it has not run it here):
     #: hit ratio of its lookups, what a hit / a miss / the uncached query costs (µs),
-    #: and the expected saving per call (µs; negative: not worth it)
+    #: and the expected saving per call in wall time and in this thread's CPU (µs;
+    #: not worth it when the two, each as a share of the uncached call's, add up
+    #: to less than nothing)
     admission_hit_ratio: float | None
     hit_us: float | None
     miss_us: float | None
     uncached_us: float | None
     saving_us: float | None
+    saving_cpu_us: float | None
 
 
 class ProcessInfo(TypedDict):
@@ -651,7 +654,7 @@ def build_report(
             "bypass_reasons": {k.partition(":")[2]: int(v) for k, v in sorted(c.items())
                                if k.startswith("bypassed:") and v},
             "admission": _admission_state(c), "admission_hit_ratio": None, "hit_us": None,
-            "miss_us": None, "uncached_us": None, "saving_us": None,
+            "miss_us": None, "uncached_us": None, "saving_us": None, "saving_cpu_us": None,
         }  # fmt: skip
         est = (estimates or {}).get(fp)
         if est is not None:

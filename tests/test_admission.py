@@ -480,3 +480,164 @@ def test_results_equal_uncached_whatever_the_admission_state(
         cache.close()
     if any(op[0] == "read" for op in ops):
         assert states  # the reads ran through the admission code
+
+
+# ------------------------------------------------- CPU and wall; cold keys
+
+COST = st.floats(1e-5, 1e-2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(hit=COST, unc=COST, hit_cpu=COST, unc_cpu=COST, share=st.floats(0.05, 0.95))
+def test_the_verdict_adds_the_wall_and_cpu_savings_each_as_a_share_of_uncached(
+    hit: float, unc: float, hit_cpu: float, unc_cpu: float, share: float
+) -> None:
+    """Every hit timed in both clocks: the shape stays admitted when the wall saving
+    and the CPU saving, each over its own uncached cost, add up to at least nothing;
+    in particular when both are positive, and never when both are negative, whatever
+    their sizes (a hit dearer than the query in one clock, cheaper in the other)."""
+    from sqla_querycache.admission import Policy
+
+    policy = Policy(min_samples=5, probe_calls=4, probe_seconds=3600)
+    shape = Shape()
+    shape.ran(unc * share, unc * (1 - share), policy, (unc_cpu * share, unc_cpu * (1 - share)))
+    for _ in range(20):
+        assert shape.admit(policy) or shape.describe() == "not worth it"
+        shape.hit(hit, policy, 1, hit_cpu)
+    wall, cpu = (unc - hit) / unc, (unc_cpu - hit_cpu) / unc_cpu
+    if min(abs(wall + cpu), abs(wall), abs(cpu)) < 1e-6:
+        return  # a tie: either answer is right
+    if wall > 0 and cpu > 0:
+        assert shape.describe() == "admitted"
+    elif wall < 0 and cpu < 0:
+        assert shape.describe() == "not worth it"
+    assert (shape.describe() == "admitted") == (wall + cpu > 0), (wall, cpu, shape.summary())
+    row = shape.summary()
+    assert row["saving_us"] == pytest.approx((unc - hit) * 1e6, abs=0.1)
+    assert row["saving_cpu_us"] == pytest.approx((unc_cpu - hit_cpu) * 1e6, abs=0.1)
+
+
+def test_without_cpu_samples_the_wall_clock_decides() -> None:
+    """A shape whose calls were never timed in CPU (one in CPU_EVERY is) is judged in
+    wall time alone, as before CPU was measured."""
+    from sqla_querycache.admission import Policy
+
+    policy = Policy(min_samples=3, probe_calls=4, probe_seconds=3600)
+    cheap, dear = Shape(), Shape()
+    for shape, hit in ((cheap, 0.001), (dear, 0.003)):
+        shape.ran(0.001, 0.001, policy)
+        for _ in range(5):
+            shape.hit(hit, policy)
+        assert shape.saving_cpu() is None
+    assert cheap.describe() == "admitted" and dear.describe() == "not worth it"
+
+
+def _simulate(keys: Any, lookups: int, policy: Any) -> tuple[Shape, set[str]]:
+    """Lookups of the keys ``keys()`` draws against a store that keeps what a miss
+    stores, as the read path feeds the shape: a hit (0.2 ms) when stored, else a miss
+    (2.4 ms: lookup, 2 ms query, store; cold when the key was never stored); a shape
+    turned away skips (no lookup, no store). Returns the shape and the states seen
+    after the first epoch of cold misses."""
+    from sqla_querycache.admission import COLD_EPOCH
+
+    shape = Shape()
+    shape.ran(0.0015, 0.0005, policy, (0.0003, 0.0001))
+    stored: set[Any] = set()
+    seen: set[str] = set()
+    for _ in range(lookups):
+        key = keys()
+        if not shape.admit(policy):
+            continue
+        if key in stored:
+            shape.hit(0.0002, policy, 1, 0.00004)
+        else:
+            shape.missed(0.0024, policy, 0.0005, cold=True)
+            stored.add(key)
+        if shape.colds >= COLD_EPOCH:
+            seen.add(shape.describe())
+    return shape, seen
+
+
+@settings(max_examples=12, deadline=None)
+@given(n=st.integers(50, 10_000), skewed=st.booleans(), seed=st.integers(0, 2**16))
+def test_a_shape_warming_a_bounded_key_space_is_never_turned_away(
+    n: int, skewed: bool, seed: int
+) -> None:
+    """Ids drawn from a bounded set (uniform, or 80% of the draws on 20% of the ids):
+    the shape is cold at first, less with every epoch; with no writes each warm lookup
+    hits, so it must stay admitted all along, however many cold misses it takes to
+    store its keys (turned away for being cold, it would store nothing, stay cold)."""
+    from sqla_querycache.admission import Policy
+
+    rng = random.Random(seed)
+    hot = max(1, n // 5)
+
+    def keys() -> int:
+        if skewed and rng.random() < 0.8:
+            return rng.randrange(hot)
+        return rng.randrange(n)
+
+    policy = Policy(min_samples=50, probe_calls=200, probe_seconds=3600)
+    shape, seen = _simulate(keys, 6 * n + 3000, policy)
+    assert shape.describe() == "admitted", (shape.summary(), shape.cshare)
+    assert seen <= {"admitted"}, seen
+    assert not shape.ccount
+
+
+def test_a_shape_whose_keys_never_come_back_is_turned_away() -> None:
+    """Every lookup a new key (a search box's text): it never hits, each miss costs
+    its store. After two epochs of cold misses, cold lookups count and the shape is
+    turned away, with no warm lookup ever seen; trials still come."""
+    from sqla_querycache.admission import COLD_EPOCH, Policy
+
+    policy = Policy(min_samples=50, probe_calls=200, probe_seconds=3600)
+    counter = iter(range(10**9))
+    shape, _ = _simulate(lambda: next(counter), 3 * COLD_EPOCH, policy)
+    assert shape.kw == 0 and shape.ccount
+    assert shape.describe() in ("not worth it", "probing"), shape.summary()
+    assert shape.saving() is not None and shape.saving() < 0
+
+
+def test_cold_marks_are_per_call_under_threads(tmp_path: Any) -> None:
+    """Eight threads get products by primary key (no writes) while their entries are
+    first stored: every warm lookup hits, so the warm hit ratio stays 1 and the shape
+    admitted. A cold mark shared by the threads (set by one lookup, consumed by
+    another's miss) lost marks, counted cold misses as warm ones and turned the
+    shape away at a warm hit ratio near 0.5."""
+    import threading
+
+    eng = _make_engine(f"sqlite:///{tmp_path / 'cold.db'}")
+    models.Base.metadata.create_all(eng)
+    with Session(eng) as s:
+        models.populate(s)
+        ids = list(s.scalars(select(Product.id)))
+    cache, maker = make_cache({"engine": eng, "kw": {"regions": {"default": memory_region()}}},
+                              identity_region="default", admission_min_samples=20)  # fmt: skip
+    try:
+        errors: list[BaseException] = []
+
+        def worker(seed: int) -> None:
+            rng = random.Random(seed)
+            try:
+                for _ in range(300):
+                    with maker() as s:
+                        got = s.get(Product, rng.choice(ids))
+                        assert got is not None
+            except BaseException as err:  # pragma: no cover - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        shapes = [sh for sh in cache._stats.shapes.values() if sh.kw]
+        assert shapes
+        for shape in shapes:
+            assert shape.p == 1.0, shape.summary()
+            assert shape.describe() == "admitted", shape.summary()
+            assert shape.colds >= 1  # the keys' first lookups were cold
+    finally:
+        cache.close()
+        eng.dispose()
