@@ -72,6 +72,11 @@ CLIP_AFTER = 4
 TIME_EVERY = 16
 #: one call in this many is timed on the thread's CPU clock as well as the wall clock
 CPU_EVERY = 4
+#: the hit ratio of warm lookups averages over the last P_SECONDS, or over the last
+#: ~min_samples lookups if they span longer: a burst of invalidations (a bulk update:
+#: every entry stale once, then stored again) is a short dip of a busy shape's hit
+#: ratio, which a count-based window of 50 lookups took for a lasting write rate
+P_SECONDS = 30.0
 #: cold misses (keys never stored) are counted in epochs of this many; they count
 #: against a shape when more than COLD_SHARE of an epoch's lookups were cold and that
 #: share did not fall by COLD_FALL from the epoch before (keys that rarely come back;
@@ -128,7 +133,7 @@ class Shape:
     __slots__ = (
         "__weakref__", "backoff", "c", "ccount", "colds", "cshare", "e", "ec", "en", "f",
         "fc", "h", "hc", "kc", "ke", "kec", "kf", "kfc", "kh", "khc", "km", "kmc", "kp", "kw",
-        "left", "m", "mc", "mode", "p", "probe_at", "state", "tick", "trial", "tried",
+        "left", "m", "mc", "mode", "p", "probe_at", "pt", "state", "tick", "trial", "tried",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -137,6 +142,8 @@ class Shape:
         self.mode = "adaptive"
         #: p: the hit ratio of warm lookups; c: the share of cold ones among all lookups
         self.p = self.c = 0.0
+        #: when p last took a sample (monotonic)
+        self.pt = time.monotonic()
         #: wall-clock averages (h, m, e, f) and their CPU twins (hc, mc, ec, fc)
         self.h = self.m = self.e = self.f = 0.0
         self.hc = self.mc = self.ec = self.fc = 0.0
@@ -266,6 +273,7 @@ class Shape:
             if cpu is not None:
                 cpu /= served
         self.en += served
+        tw = self._p_time(served)
         for _ in range(min(served, policy.window)):
             k = self.kh = self.kh + 1
             self.h = _mean(self.h, k, seconds, policy)
@@ -273,12 +281,19 @@ class Shape:
                 k = self.khc = self.khc + 1
                 self.hc = _mean(self.hc, k, cpu, policy)
             k = self.kp = self.kp + 1
-            self.p += (policy.alpha if k > policy.window else 1.0 / k) * (1.0 - self.p)
+            self.p += _p_weight(k, tw, policy) * (1.0 - self.p)
             k = self.kc = self.kc + 1
             self.c -= (policy.alpha if k > policy.window else 1.0 / k) * self.c
             self.kw += 1
             if self.kw >= policy.min_samples or self.state == PROBING:
                 self._decide(policy)
+
+    def _p_time(self, served: int) -> float:
+        """The weight the time since the last warm lookup gives each of ``served``
+        new ones in ``p`` (P_SECONDS: the hit ratio averages over that long)."""
+        now = time.monotonic()
+        dt, self.pt = now - self.pt, now
+        return dt / (P_SECONDS * served)
 
     def missed(self, seconds: float, policy: Policy, cpu: float | None = None,
                cold: bool = False) -> None:  # fmt: skip
@@ -304,7 +319,7 @@ class Shape:
         else:
             self.c -= a * self.c
             k = self.kp = self.kp + 1
-            self.p -= (policy.alpha if k > policy.window else 1.0 / k) * self.p
+            self.p -= _p_weight(k, self._p_time(1), policy) * self.p
             self.kw += 1
         if self.kw >= policy.min_samples or self.state == PROBING or self.ccount:
             self._decide(policy)
@@ -374,3 +389,11 @@ def _mean(avg: float, k: int, sample: float, policy: Policy) -> float:
     if k > CLIP_AFTER and sample > CLIP * avg:
         sample = CLIP * avg
     return avg + (policy.alpha if k > policy.window else 1.0 / k) * (sample - avg)
+
+
+def _p_weight(k: int, tw: float, policy: Policy) -> float:
+    """The weight of the ``k``-th sample of ``p``: 1/k until the window is full, then
+    the time-based ``tw`` but at most ``policy.alpha``."""
+    if k <= policy.window:
+        return 1.0 / k
+    return tw if tw < policy.alpha else policy.alpha

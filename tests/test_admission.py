@@ -641,3 +641,89 @@ def test_cold_marks_are_per_call_under_threads(tmp_path: Any) -> None:
     finally:
         cache.close()
         eng.dispose()
+
+
+class _Clock:
+    """A monotonic clock the test advances (the shape's time-weighted hit ratio)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@settings(max_examples=10, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # the clock: per example
+@given(n=st.integers(50, 2000), rate=st.sampled_from([200, 1000, 5000]),
+       seed=st.integers(0, 2**16))  # fmt: skip
+def test_a_bulk_update_is_a_dip_a_steady_write_rate_a_verdict(
+    n: int, rate: int, seed: int, monkeypatch: Any
+) -> None:
+    """A busy shape (``rate`` lookups a second over ``n`` keys, hits 5x cheaper than
+    the query, misses dearer) reads for a minute with no writes; then a bulk update
+    makes every entry stale at once: each key misses once and is stored again, a dip
+    the shape must ride out admitted. Then every key is written between any two of
+    its reads (a steady write rate): the shape must be turned away within a few
+    P_SECONDS."""
+    from sqla_querycache import admission as adm
+
+    clock = _Clock()
+    monkeypatch.setattr(adm.time, "monotonic", clock)  # set anew for each example
+    rng = random.Random(seed)
+    policy = adm.Policy(min_samples=50, probe_calls=200, probe_seconds=30)
+    shape = Shape()
+    shape.ran(0.0008, 0.0002, policy, (0.0004, 0.0001))
+    fresh: set[int] = set()  # keys whose stored entry is valid
+    stored: set[int] = set()  # keys stored once at least
+
+    def lookup(writes: bool) -> None:
+        clock.now += 1.0 / rate
+        key = rng.randrange(n)
+        if not shape.admit(policy):
+            return
+        if key in fresh:
+            shape.hit(0.0002, policy, 1, 0.0001)
+        else:
+            shape.missed(0.0015, policy, 0.0007, cold=key not in stored)
+            stored.add(key)
+            fresh.add(key)
+        if writes:
+            fresh.discard(key)  # written before its next read
+
+    for _ in range(60 * rate):
+        lookup(False)
+    assert shape.describe() == "admitted"
+    fresh.clear()  # the bulk update
+    states = set()
+    for _ in range(20 * rate):
+        lookup(False)
+        states.add(shape.describe())
+    assert states == {"admitted"}, shape.summary()
+    turned_at = None
+    for i in range(4 * int(adm.P_SECONDS) * rate):
+        lookup(True)
+        if shape.describe() == "not worth it":
+            turned_at = i / rate
+            break
+    assert turned_at is not None, shape.summary()
+
+
+def test_a_rarely_called_shape_keeps_a_window_of_lookups(monkeypatch: Any) -> None:
+    """One lookup a minute: the time weight of a sample would be 2 (a minute over
+    P_SECONDS); capped at the count window's, two stale misses after a hundred
+    hits move the hit ratio by a few points, not to zero."""
+    from sqla_querycache import admission as adm
+
+    clock = _Clock()
+    monkeypatch.setattr(adm.time, "monotonic", clock)
+    policy = adm.Policy(min_samples=50, probe_calls=200, probe_seconds=30)
+    shape = Shape()
+    shape.ran(0.0008, 0.0002, policy)
+    for _ in range(100):
+        clock.now += 60
+        shape.hit(0.0002, policy)
+    for _ in range(2):
+        clock.now += 60
+        shape.missed(0.0015, policy)
+    assert 0.9 < shape.p < 1.0 and shape.describe() == "admitted", shape.summary()
