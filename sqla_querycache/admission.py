@@ -72,6 +72,11 @@ CLIP_AFTER = 4
 TIME_EVERY = 16
 #: one call in this many is timed on the thread's CPU clock as well as the wall clock
 CPU_EVERY = 4
+#: what a lookup that did not hit found (Shape.missed): an entry made stale by a write
+#: (WARM), nothing stored for its key (COLD), or an entry stored before the shape was
+#: last turned away (RENEW: written while the shape was not looking, so it says nothing
+#: of the write rate now; like a cold key, it must be stored again)
+WARM, COLD, RENEW = 0, 1, 2
 #: the hit ratio of warm lookups averages over the last P_SECONDS, or over the last
 #: ~min_samples lookups if they span longer: a burst of invalidations (a bulk update:
 #: every entry stale once, then stored again) is a short dip of a busy shape's hit
@@ -133,7 +138,8 @@ class Shape:
     __slots__ = (
         "__weakref__", "backoff", "c", "ccount", "colds", "cshare", "e", "ec", "en", "f",
         "fc", "h", "hc", "kc", "ke", "kec", "kf", "kfc", "kh", "khc", "km", "kmc", "kp", "kw",
-        "left", "m", "mc", "mode", "p", "probe_at", "pt", "state", "tick", "trial", "tried",
+        "left", "m", "mc", "mode", "p", "probe_at", "pt", "since", "state", "tick", "trial",
+        "tried",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -167,8 +173,10 @@ class Shape:
         self.backoff = 1
         #: probing: lookups left in the trial
         self.trial = 0
-        #: the hit ratio when the shape was last turned away
+        #: the hit ratio when the shape was last turned away, and when (wall clock, as
+        #: entries' ``created``; 0.0: never)
         self.tried = 0.0
+        self.since = 0.0
 
     # -------------------------------------------------------- estimates
 
@@ -296,17 +304,21 @@ class Shape:
         return dt / (P_SECONDS * served)
 
     def missed(self, seconds: float, policy: Policy, cpu: float | None = None,
-               cold: bool = False) -> None:  # fmt: skip
+               cold: int = WARM) -> None:  # fmt: skip
         """A lookup that did not hit cost ``seconds`` in all (lookup, query, store);
-        ``cold``: it found nothing stored for its key."""
+        ``cold``: what it found (WARM, COLD, RENEW)."""
         k = self.km = self.km + 1
         self.m = _mean(self.m, k, seconds, policy)
         if cpu is not None:
             k = self.kmc = self.kmc + 1
             self.mc = _mean(self.mc, k, cpu, policy)
+        self.en += 1
+        if cold == RENEW:  # its cost only: neither warm evidence nor a new key
+            if self.state == PROBING:
+                self._decide(policy)
+            return
         k = self.kc = self.kc + 1
         a = policy.alpha if k > policy.window else 1.0 / k
-        self.en += 1
         if cold:  # nothing was stored for its key yet: it tells nothing of writes
             n = self.colds = self.colds + 1
             if not n % COLD_EPOCH:  # an epoch ends
@@ -377,6 +389,7 @@ class Shape:
 
     def _reject(self, policy: Policy) -> None:
         self.tried = self.p
+        self.since = time.time()
         self.left = policy.probe_calls * self.backoff
         self.probe_at = time.monotonic() + policy.probe_seconds * self.backoff
         self.state = REJECTED

@@ -263,7 +263,9 @@ class Decision:
         self.shape: admission.Shape | None = None  # its admission state
         self.t0 = 0.0  # when what the cache costs this call began
         self.c0 = -1.0  # the same on the thread's CPU clock (-1.0: not timed in CPU)
-        self.cold = False  # its lookup found nothing stored for its key
+        #: what its lookup found: admission.WARM, COLD (nothing stored for its key) or
+        #: RENEW (an entry stored before the shape was last turned away, gone stale)
+        self.cold = admission.WARM
         self.skip: tuple[str, str, str, Any] | None = None
         #: the session was clean when decided: a hit autoflushes it (a no-op, as the
         #: ORM's would be), a miss leaves it to the ORM (one autoflush either way)
@@ -813,7 +815,8 @@ class ReadPath:
         d: Decision | None = None,
     ) -> tuple[Any, list[int] | None]:
         """(result or None, current versions or None if unusable); ``d.cold`` tells
-        whether nothing was stored for the key.
+        what a miss found (nothing stored, or an entry from before the shape was last
+        turned away).
 
         An entry this process decoded before is kept decoded (``self.memo``);
         then only the versions are read. It is valid under exactly the same
@@ -837,8 +840,9 @@ class ReadPath:
         if versions is None:
             return None, None
         if d is not None:  # nothing stored: a cold miss, no evidence of the writes
-            d.cold = entry is None and raw is None
-        return self._use(orm_state, region, key, names, plan, ttl, second, entry, raw, versions)
+            d.cold = admission.COLD if entry is None and raw is None else admission.WARM
+        return self._use(orm_state, region, key, names, plan, ttl, second, entry, raw, versions,
+                         d)  # fmt: skip
 
     def _use(
         self,
@@ -852,6 +856,7 @@ class ReadPath:
         entry: Entry | None,
         raw: bytes | None,
         versions: list[int],
+        d: Decision | None = None,
     ) -> tuple[Any, list[int] | None]:
         """The lookup's second half: a valid entry (memo or ``raw``) -> a Result."""
         cache = self.cache
@@ -872,6 +877,11 @@ class ReadPath:
                     # process's plan learned more): never trusted; read it from now on
                     self._learn(plan, entry.names)
                 self.memo.pop(memo_key)
+                adm = plan.adm
+                if d is not None and adm is not None and entry.created < adm.since:
+                    # stored before the shape was turned away, written while it was
+                    # not looking: a store to renew, no evidence of the write rate
+                    d.cold = admission.RENEW
                 return None, versions  # stale: a table was written since
             if ttl is not None and now() - entry.created > ttl:
                 self.memo.pop(memo_key)

@@ -727,3 +727,50 @@ def test_a_rarely_called_shape_keeps_a_window_of_lookups(monkeypatch: Any) -> No
         clock.now += 60
         shape.missed(0.0015, policy)
     assert 0.9 < shape.p < 1.0 and shape.describe() == "admitted", shape.summary()
+
+
+def test_entries_gone_stale_while_turned_away_do_not_keep_a_shape_away(
+    setup: dict[str, Any],
+) -> None:
+    """A shape turned away (writes elsewhere made it not worth it), then every one
+    of its entries written while it was not looking (nobody re-stores them while it
+    skips the cache): the stale entries its trial finds say nothing of the writes
+    now, only that they must be stored again. The first trial admits it, and the
+    keys are hits again on the next pass; counted as stale misses, the trial would
+    see a hit ratio of 0 and double its wait."""
+    cache, maker = make_cache(setup, admission_min_samples=5, admission_probe_calls=10,
+                              admission_probe_seconds=3600)  # fmt: skip
+    plain = sessionmaker(setup["engine"])
+    ids = list(range(1, 31))
+
+    def read(i: int) -> Any:
+        with maker() as s:
+            got = s.execute(select(Product.id, Product.name).where(Product.id == i)
+                            .options(FromCache())).all()  # fmt: skip
+        with plain() as s:
+            assert got == s.execute(select(Product.id, Product.name)
+                                    .where(Product.id == i)).all()  # fmt: skip
+        return got
+
+    try:
+        for i in ids * 2:
+            read(i)
+        shape = next(iter(cache._stats.shapes.values()))
+        assert shape.describe() == "admitted" and shape.p == 1.0
+        shape._reject(cache._policy)  # as a write-heavy spell would
+        with maker() as s:  # every entry written while the shape skips the cache
+            s.execute(update(Product).where(Product.id.in_(ids)).values(name="bulk"))
+            s.commit()
+        states = []
+        for i in ids:
+            read(i)
+            states.append(shape.describe())
+        assert "probing" in states, states
+        assert states[-1] == "admitted", (states, shape.summary())
+        counter = StatementCounter(setup["engine"])
+        for i in ids[-10:]:  # stored again by the trial and after it: hits
+            assert read(i)[0][1] == "bulk"
+        counter.close()
+        assert counter.count == 10  # each read's uncached twin, no cached query
+    finally:
+        cache.close()
