@@ -412,7 +412,8 @@ class ReadPath:
                 skip = not shape.admit(cache._policy)  # counts the call down to a trial
             else:  # explain: look, do not count
                 skip = shape.state == admission.REJECTED
-            d.c0 = shape.cpu_clock()
+            if not skip:
+                d.c0 = shape.cpu_clock()
             d.t0 = time.perf_counter()  # what the cache costs this call starts here
             d.key = key = "" if skip else keys.entry_key(
                 cache.namespace, region_name, plan, cache_key.bindparams, orm_state.parameters,
