@@ -4,8 +4,11 @@ Per statement shape (the plan digest, the fingerprint of the per-statement
 stats) this process keeps exponentially weighted averages of:
 
 - ``p``: the hit ratio of its *warm* lookups (those that found an entry: a hit,
-  or an entry a write made stale), and ``c``, the share of *cold* ones (a key
-  never stored: the price of a first store, which says nothing of the writes);
+  or an entry a write made stale), averaged over the last ``P_SECONDS`` (or the
+  last ~``min_samples`` lookups if they span longer); and ``c``, the share of
+  *cold* ones (a key never stored: the price of a first store, which says
+  nothing of the writes). A stale entry stored before the shape was last turned
+  away (``RENEW``) is neither: it feeds the costs only;
 - ``hit``: what a hit costs (from the lookup to the Result);
 - ``miss``: what a lookup that did not hit costs (lookup + query + store);
 - ``uncached``: what the query costs without the cache, as ``exec + fetch``:
@@ -26,9 +29,9 @@ that - c * (miss - uncached)``; the shape is then judged even before
 ``min_samples`` warm lookups. The verdict adds the saving in wall time and the
 saving in CPU, each as a share of the uncached call's (``Shape.worth``): under
 load a process is bound by its CPU, idle by its waits. Once ``min_samples``
-warm lookups were seen (or the cold ones count) and the verdict is negative, the shape is *not worth
-it*: its calls skip the lookup and the store and run the query as they would
-without the cache. Now and then (after ``probe_calls`` skipped calls or
+warm lookups were seen (or the cold ones count) and the verdict is negative,
+the shape is *not worth it*: its calls skip the lookup and the store and run
+the query as they would without the cache. Now and then (after ``probe_calls`` skipped calls or
 ``probe_seconds``, whichever first, both doubled after each trial that did not
 pay -- unless its hit ratio beat the previous one's by ``WARMING``: the shape's
 entries are being stored -- up to ``MAX_BACKOFF`` times) a *trial* lets
