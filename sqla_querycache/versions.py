@@ -540,9 +540,11 @@ class RedisVersions:
 
     # -- reads
 
+    def _read_keys(self, names: Sequence[str]) -> list[str]:
+        return [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
+
     def read_args(self, names: Sequence[str]) -> tuple[list[str], list[Any]]:
-        keys = [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
-        return keys, [int(self.lease * 1000), *fresh_versions(1 + len(names))]
+        return self._read_keys(names), [int(self.lease * 1000), *fresh_versions(1 + len(names))]
 
     def _read_command(self, names: Sequence[str]) -> bytes:
         """The read script's command for ``names``, packed: all but its fresh values
@@ -554,7 +556,7 @@ class RedisVersions:
         if memo is None or memo[0] != noscript:
             if len(self._read_cmds) > 4096:
                 self._read_cmds.clear()
-            keys = [self._epoch_key, *self._vkeys(names), *self._mkeys(names)]
+            keys = self._read_keys(names)
             head = ("EVAL", _READ_LUA) if noscript else ("EVALSHA", self._read.sha)
             count = len(head) + 1 + len(keys) + 2 + len(names)
             memo = self._read_cmds[names] = (noscript, wire.pack_prefix(
@@ -632,8 +634,7 @@ class RedisVersions:
         cmds: list[bytes] = []
         if ends or cancels:
             wargs = self._write_args((), "", ends, cancels)
-            cmds.append(wire.pack("EVAL", _WRITE_LUA, *wargs) if noscript
-                        else wire.pack("EVALSHA", self._write.sha, *wargs))  # fmt: skip
+            cmds.append(self._script_command(self._write.sha, _WRITE_LUA, wargs))
         if isinstance(key, list):
             cmds.append(wire.pack("MGET", *key))
         elif key is not None:
@@ -731,18 +732,21 @@ class RedisVersions:
             return ticket
         try:
             conn = self._thread_connection()
-            if packed is not None:
-                wire.reader_of(conn).send(packed)
-            elif self._noscript:
-                wire.reader_of(conn).send(wire.pack("EVAL", lua, *args))
-            else:
-                wire.reader_of(conn).send(wire.pack("EVALSHA", sha, *args))
+            if packed is None:
+                packed = self._script_command(sha, lua, args)
+            wire.reader_of(conn).send(packed)
             ticket.conn = conn
             local.pending.append(ticket)
         except Exception as err:
             self._fail_connection(err)
             self._resolve(ticket, err)
         return ticket
+
+    def _script_command(self, sha: str, lua: str, args: list[Any]) -> bytes:
+        """A script call, packed: EVALSHA, or EVAL once the server lost our scripts."""
+        if self._noscript:
+            return wire.pack("EVAL", lua, *args)
+        return wire.pack("EVALSHA", sha, *args)
 
     def _begin(self, names: Sequence[str], token: str) -> _Ticket:
         with self._ends_lock:
