@@ -192,21 +192,38 @@ class NeedsLocalLoad(Exception):
     """The entry's objects need loader state only a load in this process can give."""
 
 
-#: mapper -> (class key, column attribute keys, relationship keys)
-_MapperKeys = tuple[str, tuple[str, ...], tuple[str, ...]]
+class _MapperKeys:
+    """A mapper's attribute keys, as dehydrate lays out an object of it."""
+
+    __slots__ = ("cols", "colset", "name", "rels", "sigs")
+
+    def __init__(self, mapper: Mapper[Any]):
+        self.name = class_key(mapper)
+        self.cols = tuple(p.key for p in mapper.column_attrs)
+        self.rels = tuple(r.key for r in mapper.relationships)
+        #: an object whose dict holds every column (the common case) needs no scan
+        self.colset = frozenset(self.cols)
+        #: loaded relationship keys -> the layout of an object with every column
+        self.sigs: dict[tuple[str, ...], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+
+
 _mapper_keys: weakref.WeakKeyDictionary[Mapper[Any], _MapperKeys] = weakref.WeakKeyDictionary()
 
 
-def _layout_of(mapper: Mapper[Any], dict_: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+def _layout_of(
+    mapper: Mapper[Any], dict_: dict[str, Any]
+) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(class key, loaded column keys, loaded relationship keys) of one object."""
     known = _mapper_keys.get(mapper)
     if known is None:
-        known = _mapper_keys[mapper] = (
-            class_key(mapper),
-            tuple(p.key for p in mapper.column_attrs),
-            tuple(r.key for r in mapper.relationships),
-        )
-    name, col_keys, rel_keys = known
-    return name, [k for k in col_keys if k in dict_], [k for k in rel_keys if k in dict_]
+        known = _mapper_keys[mapper] = _MapperKeys(mapper)
+    rels = tuple([k for k in known.rels if k in dict_])
+    if dict_.keys() >= known.colset:  # every column loaded: no scan of them
+        sig = known.sigs.get(rels)
+        if sig is None:
+            sig = known.sigs[rels] = (known.name, known.cols, rels)
+        return sig
+    return known.name, tuple([k for k in known.cols if k in dict_]), rels
 
 
 def dehydrate(
@@ -237,18 +254,18 @@ def dehydrate(
             return n
         state = instance_state(obj)
         key = state.key
-        if key is None or state.modified or state.deleted:
+        # state._deleted: what ``state.deleted`` reads once the key is known
+        if key is None or state.modified or state._deleted:
             raise NotStorable("result holds an object that is not clean and persistent")
         if preexisting is not None and key in preexisting:
             raise NotStorable("result holds an object the session loaded before")
-        mapper = state.mapper
-        dict_ = state.dict
-        spec = _layout_of(mapper, dict_)
-        sig = (spec[0], tuple(spec[1]), tuple(spec[2]))
+        mapper = state.manager.mapper
+        dict_ = instance_dict(obj)
+        sig = _layout_of(mapper, dict_)
         li = layout_index.get(sig)
         if li is None:
             li = layout_index[sig] = len(layouts)
-            layouts.append(list(spec))
+            layouts.append([sig[0], list(sig[1]), list(sig[2])])
         if li == len(layouts) - 1 and len(layouts[li]) == 3:  # first object of this layout
             path = _path_out(state.load_path)
             needs_local = bool(state.callables) or path is None
@@ -256,10 +273,10 @@ def dehydrate(
             if needs_local and templates is not None:
                 templates[sig] = (dict(state.callables), state.load_path)
         n = index[id(obj)] = len(entities)
-        record = [li, list(key[1]), key[2]]
-        record.extend(dict_[k] for k in spec[1])
+        record = [li, list(key[1]), key[2], *[dict_[k] for k in sig[1]]]
         entities.append(record)
-        pending.append((record, spec[2], dict_))
+        if sig[2]:
+            pending.append((record, sig[2], dict_))
         return n
 
     kinds: list[bool] = []

@@ -1623,20 +1623,33 @@ def is_select(orm_state: ORMExecuteState) -> bool:
 
 
 _MUTABLE = (list, dict, set, bytearray)
+#: the exact types of values a stored payload may hold that are, or may hold,
+#: something a user could change in place (payloads are encoded with exact
+#: types only, and a tuple may hold a list)
+_NOT_PLAIN = frozenset((list, dict, set, bytearray, tuple))
+
+
+def _mutable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return any(_mutable(v) for v in value)
+    return isinstance(value, _MUTABLE)
 
 
 def _has_mutable(payload: Any) -> bool:
-    """Does a payload hold values a user could change in place (JSON lists and dicts)?"""
+    """Does a payload hold values a user could change in place (JSON lists and
+    dicts, also inside tuples)? The common payload holds none: checked by the
+    types of its values, without a Python step per value."""
     layouts, entities, kinds, scalar, rows = payload
     widths = [len(lay[1]) for lay in layouts]
+    isdisjoint = _NOT_PLAIN.isdisjoint
     for record in entities:
-        for v in record[3 : 3 + widths[record[0]]]:
-            if isinstance(v, _MUTABLE):
-                return True
+        values = record[3 : 3 + widths[record[0]]]
+        if not isdisjoint(map(type, values)) and any(map(_mutable, values)):
+            return True
     if not scalar and not all(kinds):
         for row in rows:
             for is_entity, v in zip(kinds, row):
-                if not is_entity and isinstance(v, _MUTABLE):
+                if not is_entity and _mutable(v):
                     return True
     return False
 

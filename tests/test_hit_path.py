@@ -5,7 +5,7 @@ from __future__ import annotations
 import decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import String, TypeDecorator, select
 from sqlalchemy.orm import Session, selectinload
 
 from sqla_querycache import FromCache, NoCache, QueryCache, UnknownRegionError
@@ -116,6 +116,58 @@ def test_memoized_json_values_are_not_shared_between_sessions(engine, cache):
         p.attrs["sizes"].append(99)  # in-place change, never flushed
     with Session(engine) as s:
         assert 99 not in s.scalars(stmt).one().attrs["sizes"]
+
+
+class Pair(TypeDecorator):
+    """Values that are tuples holding a list (as some drivers' composite types are)."""
+
+    impl = String
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        return None if value is None else ",".join(map(str, value[1]))
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else ("sizes", [int(v) for v in value.split(",")])
+
+
+@pytest.mark.parametrize("where", ["entity", "column"])
+def test_lists_inside_tuples_are_not_shared_between_sessions(engine, cache, where):
+    """A value type whose Python values are tuples holding lists: the entry is kept
+    decoded only when nothing in it can be changed in place, inside tuples too."""
+    from sqlalchemy import Column, Integer, MetaData, Table, insert
+    from sqlalchemy.orm import registry
+
+    md = MetaData()
+    t = Table("qc_pairs", md, Column("id", Integer, primary_key=True), Column("pair", Pair))
+    reg = registry()
+
+    class Holder:
+        pass
+
+    reg.map_imperatively(Holder, t)
+    md.drop_all(engine)
+    md.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(t), [{"id": 1, "pair": ("sizes", [1, 2])}])
+        stmt = (select(Holder).where(Holder.id == 1) if where == "entity"
+                else select(Holder.id, Holder.pair).where(Holder.id == 1)).options(FromCache())
+
+        def pair(s):
+            row = s.execute(stmt).one()
+            return row[0].pair if where == "entity" else row.pair
+
+        with Session(engine) as s:
+            pair(s)  # the miss stores it
+        with Session(engine) as s:
+            pair(s)[1].append(99)  # a hit's value changed in place, never flushed
+        with Session(engine) as s:
+            assert pair(s) == ("sizes", [1, 2])
+        assert cache.stats()["default"]["hits"] == 2
+    finally:
+        md.drop_all(engine)
+        reg.dispose()
 
 
 def test_the_recipe_loses_pending_changes_and_we_do_not(sqlite_engine):
