@@ -126,25 +126,37 @@ def _tz_from(data: bytes) -> _dt.tzinfo | None:
 _UUID_MODULES = frozenset({"asyncpg.pgproto.pgproto"})
 
 
+#: an ExtType built without its constructor's argument checks (ours are always
+#: an int code and bytes): ``_ext((code, data))``, ~0.4 us less per tagged value
+_ExtType = msgpack.ExtType
+
+
+def _ext(code_and_data: tuple[int, bytes]) -> msgpack.ExtType:
+    return tuple.__new__(_ExtType, code_and_data)  # type: ignore[type-var]
+
+
+#: 10 ** n for the exponents a binary Decimal can have
+_POW10 = [10**n for n in range(129)]
+
+
 def _decimal_out(value: Decimal) -> msgpack.ExtType:
     """A finite Decimal as (exponent byte, signed big-endian coefficient); else its text.
 
-    ``Decimal("1.20")`` is b"\\xfe\\x78": 2 bytes instead of 4 of text, and
+    ``Decimal("1.20")`` is b"\xfe\x78": 2 bytes instead of 4 of text, and
     exact (coefficient digits and exponent, so the scale survives).
     """
     sign, digits, exponent = value.as_tuple()
-    if isinstance(exponent, int) and -128 <= exponent <= 127 and len(digits) <= 38:
-        coefficient = int("".join(map(str, digits)))
-        if sign:
-            coefficient = -coefficient
-            if coefficient == 0:  # -0 keeps its sign only as text
-                return msgpack.ExtType(_DECIMAL, str(value).encode())
+    if type(exponent) is int and -128 <= exponent <= 127 and len(digits) <= 38:
+        # value == coefficient * 10**exponent exactly, and n/d is value reduced:
+        # integer arithmetic gives the coefficient (no digit string, no context)
+        n, d = value.as_integer_ratio()
+        coefficient = n * _POW10[-exponent] // d if exponent < 0 else n // _POW10[exponent]
+        if sign and coefficient == 0:  # -0 keeps its sign only as text
+            return _ext((_DECIMAL, str(value).encode()))
         size = (coefficient.bit_length() + 8) // 8
-        return msgpack.ExtType(
-            _DECIMAL_BIN, exponent.to_bytes(1, "big", signed=True)
-            + coefficient.to_bytes(size, "big", signed=True)
-        )
-    return msgpack.ExtType(_DECIMAL, str(value).encode())
+        return _ext((_DECIMAL_BIN, exponent.to_bytes(1, "big", signed=True)
+                     + coefficient.to_bytes(size, "big", signed=True)))  # fmt: skip
+    return _ext((_DECIMAL, str(value).encode()))
 
 
 def _default(obj: Any) -> msgpack.ExtType:
@@ -154,9 +166,9 @@ def _default(obj: Any) -> msgpack.ExtType:
     if t is _dt.datetime:
         head = _DATETIME_S.pack(obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second,
                                 obj.microsecond, obj.fold)  # fmt: skip
-        return msgpack.ExtType(_DATETIME, head + _tz_bytes(obj.tzinfo, obj))
+        return _ext((_DATETIME, head + _tz_bytes(obj.tzinfo, obj)))
     if t is _dt.date:
-        return msgpack.ExtType(_DATE, _DATE_S.pack(obj.year, obj.month, obj.day))
+        return _ext((_DATE, _DATE_S.pack(obj.year, obj.month, obj.day)))
     if t is _dt.time:
         head = _TIME_S.pack(obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold)
         return msgpack.ExtType(_TIME, head + _tz_bytes(obj.tzinfo, None))

@@ -159,8 +159,25 @@ def _is_entity(value: Any) -> bool:
     return hasattr(type(value), "_sa_class_manager")
 
 
+#: load path -> its plain steps (never changed once made: entries share them)
+_paths_out: dict[Any, list[Any] | None] = {}
+
+
 def _path_out(path: Any) -> list[Any] | None:
     """A load path as plain steps (class names, attribute keys); None if not expressible."""
+    try:
+        return _paths_out[path]
+    except KeyError:
+        pass
+    except TypeError:  # not hashable: made each time
+        return _path_steps(path)
+    if len(_paths_out) >= 4096:  # paths through aliases made per call: keep it bounded
+        _paths_out.clear()
+    out = _paths_out[path] = _path_steps(path)
+    return out
+
+
+def _path_steps(path: Any) -> list[Any] | None:
     out: list[Any] = []
     for elem in path.path:
         if isinstance(elem, Mapper):

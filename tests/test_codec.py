@@ -568,3 +568,15 @@ def test_property_arbitrary_bytes_decode_or_are_corrupt(blob):
                 check(item)
 
     check(value)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.integers(0, 1), st.integers(0, 10**38 - 1), st.integers(-140, 140))
+def test_property_decimals_of_any_scale_round_trip_exactly(sign, coefficient, exponent):
+    """Every finite Decimal the binary form can hold (and those just outside it)
+    comes back with the same sign, digits and exponent: its coefficient is exact
+    integer arithmetic, whatever the decimal context's precision."""
+    value = Decimal((sign, tuple(int(c) for c in str(coefficient)), exponent))
+    assert_exact(value)
+    if -128 <= exponent <= 127 and not (sign and coefficient == 0):
+        assert codec._decimal_out(value).code == codec._DECIMAL_BIN
