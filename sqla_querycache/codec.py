@@ -132,7 +132,7 @@ _ExtType = msgpack.ExtType
 
 
 def _ext(code_and_data: tuple[int, bytes]) -> msgpack.ExtType:
-    return tuple.__new__(_ExtType, code_and_data)  # type: ignore[type-var]
+    return tuple.__new__(_ExtType, code_and_data)
 
 
 #: 10 ** n for the exponents a binary Decimal can have
