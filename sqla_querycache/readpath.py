@@ -1647,10 +1647,11 @@ def _has_mutable(payload: Any) -> bool:
         if not isdisjoint(map(type, values)) and any(map(_mutable, values)):
             return True
     if not scalar and not all(kinds):
-        for row in rows:
-            for is_entity, v in zip(kinds, row):
-                if not is_entity and _mutable(v):
-                    return True
+        for row in rows:  # entity references are ints: a row of plain types is done
+            if not isdisjoint(map(type, row)) and any(
+                not is_entity and _mutable(v) for is_entity, v in zip(kinds, row)
+            ):
+                return True
     return False
 
 

@@ -13,6 +13,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session, joinedload, sessionmaker
 
@@ -163,3 +165,59 @@ def test_entry_stored_by_another_process_is_a_hit_with_zero_sql(sqlite_engine, r
     finally:
         counter.close()
         cache.uninstall()
+
+
+# ------------------------------------------------ which payloads are shared
+
+_plain = st.one_of(st.none(), st.integers(), st.text(max_size=3), st.decimals(allow_nan=False),
+                   st.booleans(), st.floats(allow_nan=False), st.binary(max_size=3))  # fmt: skip
+_value = st.recursive(
+    _plain,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+                            st.dictionaries(st.text(max_size=2), inner, max_size=2)),  # fmt: skip
+    max_leaves=6,
+)
+
+
+def _reference_mutable(v):
+    if isinstance(v, tuple):
+        return any(_reference_mutable(x) for x in v)
+    return isinstance(v, (list, dict, set, bytearray))
+
+
+@st.composite
+def _payloads(draw):
+    """Payloads as dehydrate lays them out: layouts, entity records (layout, key,
+    token, column values, relationship refs), column kinds, rows."""
+    widths = draw(st.lists(st.integers(0, 4), min_size=1, max_size=3))
+    layouts = [["C", [f"c{i}" for i in range(w)], ["r"]] for w in widths]
+    entities = []
+    for _ in range(draw(st.integers(0, 4))):
+        li = draw(st.integers(0, len(layouts) - 1))
+        values = draw(st.lists(_value, min_size=widths[li], max_size=widths[li]))
+        entities.append([li, [1], None, *values, draw(st.lists(st.integers(0, 3), max_size=2))])
+    scalar = draw(st.booleans())
+    if scalar:
+        return [layouts, entities, [True], True, [0] * len(entities)]
+    kinds = draw(st.lists(st.booleans(), min_size=1, max_size=3))
+    rows = [[draw(st.integers(0, 3)) if k else draw(_value) for k in kinds]
+            for _ in range(draw(st.integers(0, 4)))]  # fmt: skip
+    return [layouts, entities, kinds, False, rows]
+
+
+@settings(max_examples=500, deadline=None)
+@given(_payloads())
+def test_property_payloads_with_values_changeable_in_place_are_never_shared(payload):
+    """An entry is kept decoded (shared by every hit) only if no column value and
+    no plain row value is, or holds inside tuples, a list, dict, set or bytearray:
+    the fast check by value types agrees with a plain recursive walk."""
+    from sqla_querycache.readpath import _has_mutable
+
+    layouts, entities, kinds, scalar, rows = payload
+    expected = any(
+        _reference_mutable(v) for record in entities
+        for v in record[3 : 3 + len(layouts[record[0]][1])]
+    ) or (not scalar and any(
+        not is_entity and _reference_mutable(v) for row in rows for is_entity, v in zip(kinds, row)
+    ))  # fmt: skip
+    assert _has_mutable(payload) == expected
