@@ -169,10 +169,10 @@ def test_entry_stored_by_another_process_is_a_hit_with_zero_sql(sqlite_engine, r
 
 # ------------------------------------------------ which payloads are shared
 
-_plain = st.one_of(st.none(), st.integers(), st.text(max_size=3), st.decimals(allow_nan=False),
+_plain_values = st.one_of(st.none(), st.integers(), st.text(max_size=3), st.decimals(allow_nan=False),
                    st.booleans(), st.floats(allow_nan=False), st.binary(max_size=3))  # fmt: skip
-_value = st.recursive(
-    _plain,
+_payload_value = st.recursive(
+    _plain_values,
     lambda inner: st.one_of(st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
                             st.dictionaries(st.text(max_size=2), inner, max_size=2)),  # fmt: skip
     max_leaves=6,
@@ -194,13 +194,13 @@ def _payloads(draw):
     entities = []
     for _ in range(draw(st.integers(0, 4))):
         li = draw(st.integers(0, len(layouts) - 1))
-        values = draw(st.lists(_value, min_size=widths[li], max_size=widths[li]))
+        values = draw(st.lists(_payload_value, min_size=widths[li], max_size=widths[li]))
         entities.append([li, [1], None, *values, draw(st.lists(st.integers(0, 3), max_size=2))])
     scalar = draw(st.booleans())
     if scalar:
         return [layouts, entities, [True], True, [0] * len(entities)]
     kinds = draw(st.lists(st.booleans(), min_size=1, max_size=3))
-    rows = [[draw(st.integers(0, 3)) if k else draw(_value) for k in kinds]
+    rows = [[draw(st.integers(0, 3)) if k else draw(_payload_value) for k in kinds]
             for _ in range(draw(st.integers(0, 4)))]  # fmt: skip
     return [layouts, entities, kinds, False, rows]
 
