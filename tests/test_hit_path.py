@@ -121,7 +121,7 @@ def test_memoized_json_values_are_not_shared_between_sessions(engine, cache):
 class Pair(TypeDecorator):
     """Values that are tuples holding a list (as some drivers' composite types are)."""
 
-    impl = String
+    impl = String(200)
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
