@@ -283,6 +283,55 @@ def _driver_autocommit(dbapi_conn: Any) -> bool:
     return False
 
 
+#: what sqlite3's legacy transaction control opens a transaction before: the
+#: statement's first word, after whitespace and comments (CPython's statement.c)
+_PYSQLITE_BEGINS = re.compile(
+    r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*(?:insert|update|delete|replace)", re.I | re.S
+)
+
+
+def _sqlite3_of(conn: Any) -> Any:
+    """The sqlite3 connection under ``conn`` in legacy transaction control, else None."""
+    try:
+        raw = conn.connection.dbapi_connection
+    except Exception:
+        return None
+    if raw is None or not type(raw).__module__.startswith("sqlite3"):
+        return None
+    if isinstance(getattr(raw, "autocommit", None), bool):  # 3.12+ explicit control
+        return None
+    return raw
+
+
+def runs_alone(conn: Any, statement: str) -> bool:
+    """Will this write commit by itself at the driver? sqlite3 (legacy transaction
+    control) opens a transaction only before INSERT, UPDATE, DELETE and REPLACE:
+    any other statement that writes (``WITH ... UPDATE``, DDL) while none is open
+    is committed at once, whatever SQLAlchemy's ``begin()`` said."""
+    raw = _sqlite3_of(conn)
+    if raw is None:
+        return False
+    try:
+        if raw.in_transaction:
+            return False
+    except Exception:
+        return False
+    return _PYSQLITE_BEGINS.match(statement) is None
+
+
+def committed_alone(conn: Any) -> bool:
+    """After a statement: does the driver say no transaction is open (so writes
+    recorded as pending were committed, or rolled back, by the driver itself)?
+    Known for sqlite3 only; False elsewhere."""
+    raw = _sqlite3_of(conn)
+    if raw is None:
+        return False
+    try:
+        return raw.in_transaction is False
+    except Exception:
+        return False
+
+
 def is_autocommit(conn: Any) -> bool:
     """Does each statement on ``conn`` commit by itself (AUTOCOMMIT, or the driver's own)?"""
     check = getattr(conn, "_is_autocommit_isolation", None)

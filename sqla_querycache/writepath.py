@@ -76,6 +76,8 @@ class WritePath:
             if not scan.writes and not scan.implicit_commit:
                 return  # a read: nothing more to do (the common case, kept short)
         autocommit = tracking.is_autocommit(conn) and not ct.text_txn
+        if not autocommit and scan.writes and tracking.runs_alone(conn, statement):
+            autocommit = True  # the driver commits this one by itself
         if scan.txn is not None:
             self._on_transaction_control(conn, ct, scan, statement, autocommit)
         writes = scan.writes
@@ -148,8 +150,16 @@ class WritePath:
     def after_statement(self, conn: Any) -> None:
         """``after_cursor_execute``: a statement that committed by itself has run."""
         ct = conn.info.get(self.info_key)
-        if ct is not None and ct.committing and (ct.settle_after or tracking.is_autocommit(conn)
-                                                 or not conn.in_transaction()):  # fmt: skip
+        if ct is None:
+            return
+        if ct.written and tracking.committed_alone(conn):
+            # writes recorded as pending, and the driver holds no transaction: it
+            # committed them by itself (a case runs_alone did not foresee), or
+            # rolled them back; either way they are bumped now
+            self.before_commit(conn)
+            ct.settle_after = True
+        if ct.committing and (ct.settle_after or tracking.is_autocommit(conn)
+                              or not conn.in_transaction()):  # fmt: skip
             ct.settle_after = False
             self.settle_tracker(ct)
 

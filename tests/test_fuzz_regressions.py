@@ -198,3 +198,27 @@ def test_schema_translate_map_text_write(engine: Any, cache: Any) -> None:
     finally:
         md.drop_all(translated)
 
+
+
+# ------------------------------------ a write the driver committed by itself (SQLite)
+
+# seed 16516527: on a Core connection in begin(), ``WITH x AS (...) UPDATE fz_item``;
+# sqlite3 opens no transaction before a statement starting with WITH, so the
+# update was committed at once while the cache held it as pending, and the
+# connection's rollback then discarded the bump: the old rows were served for
+# good. (Every form of it: test_promise.py::test_sqlite_writes_the_driver_...)
+@on_databases("sqlite")
+def test_write_committed_by_the_driver_alone(engine: Any, cache: Any) -> None:
+    stmt = select(Product.id, Product.name).where(Product.category_id == 2).order_by(Product.id)
+    cached_and_db(engine, stmt)
+    conn = engine.connect()
+    try:
+        conn.begin()
+        conn.execute(text("WITH x AS (SELECT id FROM product WHERE category_id = 2) "
+                          "UPDATE product SET name = 'renamed' WHERE id IN (SELECT id FROM x)"))
+        conn.rollback()  # too late: the driver committed it
+    finally:
+        conn.close()
+    cached, plain = cached_and_db(engine, stmt)
+    assert {name for _, name in plain} == {"renamed"}
+    assert cached == plain

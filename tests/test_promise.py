@@ -494,3 +494,52 @@ def test_a_hit_refuses_like_the_query_when_autobegin_is_off(engine, sql, cache):
         assert sql.since(mark) == 0
     with Session(engine, autobegin=False) as s, pytest.raises(InvalidRequestError):
         s.execute(stmt).all()  # the uncached query refuses too
+
+
+# sqlite3's legacy transaction control opens a transaction only before INSERT,
+# UPDATE, DELETE and REPLACE (its first word after whitespace and comments): any
+# other statement that writes, while none is open, is committed at once by the
+# driver, whatever SQLAlchemy's begin() said. Found by the fuzzer (seed 16516527:
+# a WITH ... UPDATE on a Core connection in begin(), never committed, then rolled
+# back: the cache served the old rows for good).
+_SQLITE_WRITE_FORMS = {
+    "cte": "WITH x AS (SELECT id FROM product WHERE category_id = 1) "
+           "UPDATE product SET name = name || '+' WHERE id IN (SELECT id FROM x)",
+    "plain": "UPDATE product SET name = name || '+' WHERE category_id = 1",
+    "block_comment": "/* why */ UPDATE product SET name = name || '+' WHERE category_id = 1",
+    "line_comment": "-- why\n  UPDATE product SET name = name || '+' WHERE category_id = 1",
+    "cte_comment": "/* why */ WITH x AS (SELECT 1) "
+                   "UPDATE product SET name = name || '+' WHERE category_id = 1",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("end", ["commit", "rollback"])
+@pytest.mark.parametrize("form", sorted(_SQLITE_WRITE_FORMS))
+def test_sqlite_writes_the_driver_commits_by_itself_invalidate(sqlite_engine, cache, form, end):
+    """Whatever the driver does with a write (commits it at once, or holds it in a
+    transaction), a cached read in a fresh session answers what an uncached one does:
+    while the connection is still open, after its commit, and after its rollback."""
+    stmt = select(Product.id, Product.name).where(Product.category_id == 1).order_by(Product.id)
+
+    def both() -> tuple[Any, Any]:
+        with Session(sqlite_engine) as s:
+            cached = s.execute(stmt.options(FromCache())).all()
+        with Session(sqlite_engine) as s:
+            plain = s.execute(stmt.options(NoCache())).all()
+        return cached, plain
+
+    cached, plain = both()  # stored
+    assert cached == plain
+    conn = sqlite_engine.connect()
+    try:
+        conn.begin()
+        conn.execute(text(_SQLITE_WRITE_FORMS[form]))
+        cached, plain = both()
+        assert cached == plain, "while the writing connection is open"
+        conn.commit() if end == "commit" else conn.rollback()
+        cached, plain = both()
+        assert cached == plain, f"after {end}"
+    finally:
+        conn.close()
+    cached, plain = both()
+    assert cached == plain
