@@ -291,11 +291,16 @@ _PYSQLITE_BEGINS = re.compile(
 
 
 def _sqlite3_of(conn: Any) -> Any:
-    """The sqlite3 connection under ``conn`` in legacy transaction control, else None."""
+    """The sqlite3 connection under ``conn`` (also under aiosqlite, whose worker
+    thread is idle while an event of ours runs) in legacy transaction control, else
+    None."""
     try:
         raw = conn.connection.dbapi_connection
     except Exception:
         return None
+    if raw is not None and not type(raw).__module__.startswith("sqlite3"):
+        # SQLAlchemy's aiosqlite adapter -> aiosqlite.Connection -> sqlite3.Connection
+        raw = getattr(getattr(raw, "_connection", None), "_conn", None)
     if raw is None or not type(raw).__module__.startswith("sqlite3"):
         return None
     if isinstance(getattr(raw, "autocommit", None), bool):  # 3.12+ explicit control

@@ -909,3 +909,33 @@ def test_threads_after_a_holder_that_raised_run_side_by_side(sqlite_engine: Any)
     assert seen["n"] >= 2 and seen["n"] - 1 + cache.stats()["default"]["hits"] == n_threads - 1
     # one after the other would take 0.5 + 7 x 0.3 = 2.6 s
     assert elapsed < 1.6, f"{elapsed:.2f}s: the waiters queued behind the key"
+
+
+def test_a_write_aiosqlite_commits_by_itself_invalidates(aenv: AsyncEnv) -> None:
+    """aiosqlite runs sqlite3's legacy transaction control: a ``WITH ... UPDATE`` on a
+    connection in ``begin()`` is committed at once, and rolling the connection back
+    must not drop its bump (PostgreSQL holds it in the transaction: rolled back)."""
+    stmt = CUSTOMERS_FROM_2.options(FromCache())
+
+    async def names() -> list[str]:
+        async with aenv.maker() as s:
+            return [c.name for c in await s.scalars(stmt)]
+
+    async def plain() -> list[str]:
+        async with aenv.maker() as s:
+            return [c.name for c in await s.scalars(CUSTOMERS_FROM_2.options(NoCache()))]
+
+    async def body(engine: AsyncEngine, sql: StatementCounter) -> None:
+        assert await names() == await plain()  # stored
+        async with engine.connect() as conn:
+            await conn.begin()
+            await conn.execute(text("WITH x AS (SELECT 3 AS id) UPDATE customer "
+                                    "SET name = 'by the driver' WHERE id IN (SELECT id FROM x)"))
+            assert await names() == await plain(), "while the connection is open"
+            await conn.rollback()
+        settle(aenv.cache)
+        after = await plain()
+        assert ("by the driver" in after) == (aenv.kind == "sqlite")
+        assert await names() == after
+
+    aenv.run(body)
