@@ -142,7 +142,7 @@ _POW10 = [10**n for n in range(129)]
 def _decimal_out(value: Decimal) -> msgpack.ExtType:
     """A finite Decimal as (exponent byte, signed big-endian coefficient); else its text.
 
-    ``Decimal("1.20")`` is b"\xfe\x78": 2 bytes instead of 4 of text, and
+    ``Decimal("1.20")`` is b"\\xfe\\x78": 2 bytes instead of 4 of text, and
     exact (coefficient digits and exponent, so the scale survives).
     """
     sign, digits, exponent = value.as_tuple()
