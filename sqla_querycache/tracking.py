@@ -283,13 +283,6 @@ def _driver_autocommit(dbapi_conn: Any) -> bool:
     return False
 
 
-#: what sqlite3's legacy transaction control opens a transaction before: the
-#: statement's first word, after whitespace and comments (CPython's statement.c)
-_PYSQLITE_BEGINS = re.compile(
-    r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?(?:\*/|$))*(?:insert|update|delete|replace)", re.I | re.S
-)
-
-
 def _sqlite3_of(conn: Any) -> Any:
     """The sqlite3 connection under ``conn`` (also under aiosqlite, whose worker
     thread is idle while an event of ours runs) in legacy transaction control, else
@@ -308,26 +301,13 @@ def _sqlite3_of(conn: Any) -> Any:
     return raw
 
 
-def runs_alone(conn: Any, statement: str) -> bool:
-    """Will this write commit by itself at the driver? sqlite3 (legacy transaction
-    control) opens a transaction only before INSERT, UPDATE, DELETE and REPLACE:
-    any other statement that writes (``WITH ... UPDATE``, DDL) while none is open
-    is committed at once, whatever SQLAlchemy's ``begin()`` said."""
-    raw = _sqlite3_of(conn)
-    if raw is None:
-        return False
-    try:
-        if raw.in_transaction:
-            return False
-    except Exception:
-        return False
-    return _PYSQLITE_BEGINS.match(statement) is None
-
-
 def committed_alone(conn: Any) -> bool:
     """After a statement: does the driver say no transaction is open (so writes
     recorded as pending were committed, or rolled back, by the driver itself)?
-    Known for sqlite3 only; False elsewhere."""
+    sqlite3's legacy transaction control opens a transaction only before INSERT,
+    UPDATE, DELETE and REPLACE: any other statement that writes (``WITH ...
+    UPDATE``, DDL) while none is open is committed at once, whatever SQLAlchemy's
+    ``begin()`` said. Known for sqlite3 (and aiosqlite) only; False elsewhere."""
     raw = _sqlite3_of(conn)
     if raw is None:
         return False

@@ -76,8 +76,6 @@ class WritePath:
             if not scan.writes and not scan.implicit_commit:
                 return  # a read: nothing more to do (the common case, kept short)
         autocommit = tracking.is_autocommit(conn) and not ct.text_txn
-        if not autocommit and scan.writes and tracking.runs_alone(conn, statement):
-            autocommit = True  # the driver commits this one by itself
         if scan.txn is not None:
             self._on_transaction_control(conn, ct, scan, statement, autocommit)
         writes = scan.writes
@@ -154,9 +152,10 @@ class WritePath:
             return
         if ct.written and tracking.committed_alone(conn):
             # writes recorded as pending, and the driver holds no transaction: it
-            # committed them by itself (a case runs_alone did not foresee), or
-            # rolled them back; either way they are bumped now
-            self.before_commit(conn)
+            # committed them by itself (sqlite3 opens none before a WITH ... UPDATE
+            # or DDL), or rolled them back; either way they are bumped now, with no
+            # transaction to ride on (the store bumps on its own connection)
+            self.before_commit(conn, bind=conn.engine)
             ct.settle_after = True
         if ct.committing and (ct.settle_after or tracking.is_autocommit(conn)
                               or not conn.in_transaction()):  # fmt: skip
@@ -264,15 +263,17 @@ class WritePath:
             self.cache._warn(("end_write", type(err)), "version store failed: %r", err)
             self.failed.add(names, in_flight=True)
 
-    def before_commit(self, conn: Any) -> None:
-        """The ``commit`` event (and every other way a transaction commits)."""
+    def before_commit(self, conn: Any, bind: Any = None) -> None:
+        """The ``commit`` event (and every other way a transaction commits).
+        ``bind``: where a store that writes in the database bumps, when not in
+        ``conn``'s transaction (one the driver already committed)."""
         ct = conn.info.get(self.info_key)
         if ct is None or not ct.written:
             return
         confirmed = self._collect_marks(ct) if ct.marks else set()
         rest = ct.written - confirmed
         if rest:  # not marked ahead, or the mark did not land (in time)
-            ct.committing.append(self.begin_commit(list(rest), conn))
+            ct.committing.append(self.begin_commit(list(rest), bind if bind is not None else conn))
         ct.written = set()
         if ct.verifies and not ct.in_session:
             # a Core commit: nothing of ours runs after it before it returns
