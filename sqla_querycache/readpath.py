@@ -1626,7 +1626,7 @@ _MUTABLE = (list, dict, set, bytearray)
 #: the exact types of values a stored payload may hold that are, or may hold,
 #: something a user could change in place (payloads are encoded with exact
 #: types only, and a tuple may hold a list)
-_NOT_PLAIN = frozenset((list, dict, set, bytearray, tuple))
+_NOT_PLAIN = frozenset((*_MUTABLE, tuple))
 
 
 def _mutable(value: Any) -> bool:

@@ -287,6 +287,8 @@ def _sqlite3_of(conn: Any) -> Any:
     """The sqlite3 connection under ``conn`` (also under aiosqlite, whose worker
     thread is idle while an event of ours runs) in legacy transaction control, else
     None."""
+    if conn.dialect.name != "sqlite":  # after every statement that follows a write
+        return None
     try:
         raw = conn.connection.dbapi_connection
     except Exception:
