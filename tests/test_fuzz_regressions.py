@@ -179,9 +179,10 @@ def test_schema_translate_map_text_write(engine: Any, cache: Any) -> None:
     md = MetaData()
     t = Table("qc_translated", md, Column("id", Integer, primary_key=True),
               Column("note", String(20)), schema="fz2")  # fmt: skip
+    second = f"{engine.url.database}_tr2"
     with engine.begin() as conn:
-        conn.execute(text("CREATE DATABASE IF NOT EXISTS test_fuzz2"))
-    translated = engine.execution_options(schema_translate_map={"fz2": "test_fuzz2"})
+        conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {second}"))
+    translated = engine.execution_options(schema_translate_map={"fz2": second})
     md.drop_all(translated)
     md.create_all(translated)
     try:
@@ -190,7 +191,7 @@ def test_schema_translate_map_text_write(engine: Any, cache: Any) -> None:
         stmt = select(t.c.id, t.c.note)
         cached_and_db(translated, stmt)
         with Session(translated) as s:
-            s.execute(text("UPDATE test_fuzz2.qc_translated SET note = 'new' WHERE id = 1"))
+            s.execute(text(f"UPDATE {second}.qc_translated SET note = 'new' WHERE id = 1"))
             s.commit()
         cached, plain = cached_and_db(translated, stmt)
         assert plain == [(1, "new")]

@@ -11,7 +11,7 @@ Tables are prefixed ``fz_`` so they can live beside other tests' tables.
   person's owner ``ON DELETE SET NULL``
 - ``fz_event``: single-table inheritance (``Alert``, ``Reminder``), owner ``ON DELETE CASCADE``
 - ``fz2.fz_audit``: a table in a second schema (PostgreSQL schema ``fz2``,
-  MariaDB database ``test_fuzz2`` through ``schema_translate_map``, SQLite an
+  MariaDB database ``<run's database>_fz2`` through ``schema_translate_map``, SQLite an
   ATTACHed file named ``fz2``); joined to items by a view-only relationship
 
 Every relationship whose rows the database removes or nulls itself is
@@ -55,8 +55,16 @@ from sqlalchemy.orm import (
 )
 
 SECOND_SCHEMA = "fz2"
-#: the MariaDB database standing in for the second schema
-MARIADB_SECOND_DB = "test_fuzz2"
+#: the MariaDB database standing in for the second schema: named after the
+#: run's own database by ``make_engine`` (two runs on two databases never share it)
+MARIADB_SECOND_DB = "test_fz2"
+
+
+def mariadb_second_db(url: str) -> str:
+    """The second schema's database for a run on ``url``: ``<database>_fz2``."""
+    from sqlalchemy.engine import make_url
+
+    return f"{make_url(url).database or 'test'}_fz2"
 
 
 class FuzzBase(DeclarativeBase):
@@ -233,7 +241,7 @@ def make_engine(url: str) -> Any:
     timeout (two sessions writing at once fail fast instead of waiting), the
     second schema ATTACHed as ``fz2``. PostgreSQL: a short ``lock_timeout``.
     MariaDB: ``innodb_lock_wait_timeout=1`` and the second schema translated
-    to the database ``test_fuzz2``. A lock conflict between the fuzzer's own
+    to the database ``<database>_fz2``. A lock conflict between the fuzzer's own
     sessions is then an error it handles, never a hang.
     """
     if url.startswith("sqlite"):
@@ -251,6 +259,8 @@ def make_engine(url: str) -> Any:
         return engine
     if url.startswith("postgresql"):
         return create_engine(url, connect_args={"options": "-c lock_timeout=300"})
+    global MARIADB_SECOND_DB
+    MARIADB_SECOND_DB = mariadb_second_db(url)
     engine = create_engine(url, pool_recycle=3600).execution_options(
         schema_translate_map={SECOND_SCHEMA: MARIADB_SECOND_DB}
     )
