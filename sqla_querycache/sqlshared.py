@@ -111,7 +111,10 @@ class SqlShared:
             cursor = conn.cursor()
             try:
                 if transaction:
-                    cursor.execute("BEGIN")
+                    # SQLite: the write lock up front. A deferred transaction that
+                    # reads first deadlocks with another flush on the lock upgrade,
+                    # and SQLite fails one of them at once instead of waiting
+                    cursor.execute("BEGIN IMMEDIATE" if src.dialect.name == "sqlite" else "BEGIN")
                 out = work(cursor, src.dialect)
                 if transaction:
                     cursor.execute("COMMIT")
