@@ -707,6 +707,24 @@ class RedisVersions:
         raise Unavailable(f"version store write failed: {ticket.error!r}")
 
     def _read_direct(self, names: Sequence[str]) -> Any:
+        local = self._local
+        if not getattr(local, "pending", None) and not getattr(local, "probing", False):
+            # nothing owed on this thread's connection (the common case): send,
+            # read, without the tickets that keep replies of writes sent ahead in order
+            self._circuit.check()
+            conn = self._thread_connection()
+            reader = wire.reader_of(conn)
+            try:
+                reader.send(self._read_command(names))
+                reply = reader.read()
+            except NoScriptError:
+                self._noscript = True  # the next scripts go with EVAL, which loads them
+            except Exception as err:
+                self._fail_connection(err)
+                raise Unavailable(f"version store read failed: {err!r}") from None
+            else:
+                self._ok()
+                return reply
         ticket = None
         for _ in range(2):  # once more after NOSCRIPT (then with EVAL)
             ticket = self._send_script("", "", [], [], packed=self._read_command(names))

@@ -74,8 +74,17 @@ def _outcome(read: Any) -> Any:
         return ("raised", type(err).__name__, str(err))
 
 
+@pytest.fixture(autouse=True, params=["python", "hiredis"])
+def parser(request: Any, monkeypatch: Any) -> str:
+    """Every test with each parser: the pure-Python one, and hiredis."""
+    if request.param == "hiredis":
+        pytest.importorskip("hiredis")
+    monkeypatch.setattr(wire, "NATIVE", request.param == "hiredis")
+    return str(request.param)
+
+
 @pytest.fixture(params=[2, 3], ids=["resp2", "resp3"])
-def pair(request: Any, redis_url: str) -> Any:
+def pair(request: Any, redis_url: str, parser: str) -> Any:
     """(redis-py connection, our connection) to the same server, one protocol."""
     pool = redis.ConnectionPool.from_url(redis_url, protocol=request.param, socket_timeout=5)
     theirs = pool.connection_class(**pool.connection_kwargs)
@@ -92,6 +101,7 @@ def pair(request: Any, redis_url: str) -> Any:
 def test_replies_match_redis_py(pair: Any, trees: list[Any]) -> None:
     theirs, ours = pair
     reader = wire.reader_of(ours)
+    assert reader.native == wire.NATIVE
     scripts = [_script(t) for t in trees]
     # ours: every command sent at once (as the read path pipelines), then read in order
     reader.send(b"".join(wire.pack("EVAL", lua, 0, *argv) for lua, argv in scripts))
