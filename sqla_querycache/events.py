@@ -139,6 +139,8 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
     key = writer.info_key
 
     def do_orm_execute(orm_state: Any) -> Any:
+        if reader.passes(orm_state):
+            return None
         if is_select(orm_state):
             return reader.on_execute(orm_state)
         if EXPLAIN_OPTION in orm_state.execution_options:  # QueryCache.explain: never run it
