@@ -313,7 +313,9 @@ class ReadPath:
         ``NoCache``, no region for its session, and no ``do_orm_execute`` hook after
         ours (one could still tag it). The full path would let the ORM run it too;
         this answers ~10 µs sooner, for every statement an app does not cache."""
-        if self.cache.identity_region is not None or orm_state._update_execution_options:
+        if self.cache.identity_region is not None or getattr(
+            orm_state, "_update_execution_options", None
+        ):
             return False
         opts = orm_state.execution_options  # the statement's, the call's, the session's
         if REGION_OPTION in opts or EXPLAIN_OPTION in opts or PROBE_OPTION in opts:
