@@ -11,10 +11,8 @@ sent and every counter must be the same.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, select
@@ -33,18 +31,6 @@ READS = ("get", "query", "eager")
 
 class _S(Session):
     """A session class of this module's own (the hooks under test listen on it)."""
-
-
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: Any) -> Iterator[Any]:
-    from .conftest import _make_engine, db_url
-
-    eng = _make_engine(db_url("sqlite", tmp_path_factory))
-    models.Base.metadata.create_all(eng)
-    with Session(eng) as s:
-        models.populate(s)
-    yield eng
-    eng.dispose()
 
 
 def _tag_hook(orm_state: Any) -> None:
@@ -110,16 +96,18 @@ def _run(db: Any, tag: str, hook: str, read: str, identity: bool, early: bool) -
 @given(tag=st.sampled_from(TAGS), hook=st.sampled_from(HOOKS), read=st.sampled_from(READS),
        identity=st.booleans())  # fmt: skip
 def test_the_early_exit_changes_nothing_but_speed(
-    db: Any, tag: str, hook: str, read: str, identity: bool
+    sqlite_engine: Any, tag: str, hook: str, read: str, identity: bool
 ) -> None:
+    db = sqlite_engine
     shipped = _run(db, tag, hook, read, identity, early=True)
     full = _run(db, tag, hook, read, identity, early=False)
     assert shipped == full
 
 
 def test_an_untagged_statement_exits_early_and_a_later_hook_keeps_it_on_the_full_path(
-    db: Any,
+    sqlite_engine: Any,
 ) -> None:
+    db = sqlite_engine
     seen: list[bool] = []
     original = ReadPath.passes
 
