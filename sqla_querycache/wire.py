@@ -129,10 +129,14 @@ class Reader:
                         if self.native else None)  # fmt: skip
         hr = self._hr
         if hr is not None:
-            reply = hr.gets()
-            while reply is _PARTIAL:  # not whole yet
-                hr.feed(self._recv())
+            try:
                 reply = hr.gets()
+                while reply is _PARTIAL:  # not whole yet
+                    hr.feed(self._recv())
+                    reply = hr.gets()
+            except _hiredis.ProtocolError as err:  # out of step: never used again
+                self.conn.disconnect()
+                raise _errors()[1](f"Protocol error: {err}") from None
             if isinstance(reply, BaseException):
                 raise reply
             return reply

@@ -253,3 +253,25 @@ def test_pack_refuses_what_it_cannot_send() -> None:
     assert wire.pack("GET", b"k", 5) == b"*3\r\n$3\r\nGET\r\n$1\r\nk\r\n$1\r\n5\r\n"
     with pytest.raises(TypeError):
         wire.pack("SET", "k", 1.5)
+
+
+def test_a_reply_that_is_not_resp_drops_the_connection(parser: str) -> None:
+    """Either parser: bytes that are no RESP reply raise redis-py's ConnectionError
+    and disconnect (a stream out of step is never read again)."""
+    a, b = socket.socketpair()
+    dropped: list[bool] = []
+
+    class Conn(_Plumbing):
+        def disconnect(self) -> None:
+            dropped.append(True)
+
+    try:
+        a.sendall(b"?not a reply\r\n")
+        reader = wire.Reader(Conn(b))
+        assert reader.native == (parser == "hiredis")
+        with pytest.raises(redis.exceptions.ConnectionError):
+            reader.read()
+        assert dropped
+    finally:
+        a.close()
+        b.close()
