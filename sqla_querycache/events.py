@@ -157,6 +157,13 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
             ct.in_session = True
             if ct not in tracker.conns:
                 tracker.conns.append(ct)
+            if tracker.commit_began:  # begun by the flush inside commit()
+                ct.commit_began = tracker.commit_began
+
+    def before_commit(session: Session) -> None:
+        tracker = session.info.get(key)
+        if tracker is not None:
+            tracker.committing()
 
     def after_commit(session: Session) -> None:
         tracker = session.info.get(key)
@@ -217,6 +224,7 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
 
     inst.listen(session_target, "do_orm_execute", do_orm_execute)
     inst.listen(session_target, "after_begin", after_begin)
+    inst.listen(session_target, "before_commit", before_commit)
     inst.listen(session_target, "after_commit", after_commit)
     inst.listen(session_target, "after_transaction_end", after_transaction_end)
     inst.listen(Engine, "before_cursor_execute", before_cursor_execute)

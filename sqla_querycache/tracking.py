@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextvars
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -344,6 +345,7 @@ class ConnTracker:
     """The state of one DBAPI connection (lives in ``Connection.info``)."""
 
     __slots__ = (
+        "commit_began",
         "committing",
         "explicit_begin",
         "hints",
@@ -390,9 +392,13 @@ class ConnTracker:
         self.verifies: list[tuple[Any, tuple[str, ...]]] = []
         #: a Session runs this transaction (its after_commit settles it)
         self.in_session = False
+        #: when (monotonic) the Session's commit() began, 0.0 outside one: marks
+        #: sent since (its flush) are not checked again before the database commit
+        self.commit_began = 0.0
 
     def end_transaction(self) -> None:
         self.in_session = False
+        self.commit_began = 0.0
         self.hints = None
         self.named = None
         self.statements = 0
@@ -408,10 +414,19 @@ class ConnTracker:
 class SessionTracker:
     """The connection trackers of a session's current transaction."""
 
-    __slots__ = ("conns",)
+    __slots__ = ("commit_began", "conns")
 
     def __init__(self) -> None:
         self.conns: list[ConnTracker] = []
+        #: when the session's commit() began (0.0: not committing)
+        self.commit_began = 0.0
+
+    def committing(self) -> None:
+        """The session's commit() begins: its connections (and any it begins
+        while flushing) send marks from now on within the commit itself."""
+        self.commit_began = now = time.monotonic()
+        for ct in self.conns:
+            ct.commit_began = now
 
     def written(self) -> set[str]:
         if not self.conns:

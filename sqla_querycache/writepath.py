@@ -312,8 +312,11 @@ class WritePath:
                 ct.committing.append((names, True))
                 if sent > fresh_until:
                     confirmed.update(names)
-                    if verify is not None and ticket.token:
-                        # still there? (a restart since would have lost it)
+                    in_commit = ct.commit_began and sent >= ct.commit_began
+                    if verify is not None and ticket.token and not in_commit:
+                        # still there? (a restart since would have lost it). A
+                        # mark sent within this commit() (its flush) is not asked
+                        # again: the reply just awaited is as recent as the check
                         ct.verifies.append((verify(names, ticket.token), names))
         ct.marks = []
         ct.marked = set()

@@ -625,6 +625,46 @@ def test_a_lost_mark_is_made_again_before_the_commit_returns(redis_url, sqlite_e
         reader.close()
 
 
+@pytest.mark.parametrize("early", [True, False])
+def test_only_a_mark_sent_before_commit_began_is_checked_again(redis_url, sqlite_engine, early):
+    """A mark sent early in the transaction (an explicit or auto flush) is asked
+    again just before the database commit (a restart since would have lost it);
+    a mark sent by the flush inside commit() is not: the reply awaited before the
+    database commit is as recent as the check. Either way the commit invalidates."""
+    import redis
+
+    url = redis_url.rsplit("/", 1)[0] + f"/{DB}"
+    redis.Redis.from_url(url).flushdb()
+    region = make_region().configure("dogpile.cache.redis", expiration_time=60,
+                                      arguments={"url": url})  # fmt: skip
+    cache = QueryCache(regions={"default": region}, versions=url, namespace="qcincommit")
+    maker = sessionmaker(sqlite_engine)
+    cache.install(maker)
+    store = cache.versions
+    checks: list[tuple[str, ...]] = []
+    verify = store.verify_async
+
+    def counted(names, token):  # a real check, counted
+        checks.append(tuple(names))
+        return verify(names, token)
+
+    store.verify_async = counted
+    page = select(Product.name).where(Product.price > 0).order_by(Product.id).options(FromCache())
+    try:
+        with maker() as s:
+            s.scalars(page).all()
+        with maker() as w:
+            w.get(Product, 1).name = "renamed"
+            if early:
+                w.flush()
+            w.commit()
+        assert len(checks) == (1 if early else 0), checks
+        with maker() as s:
+            assert s.scalars(page).all()[0] == "renamed"
+    finally:
+        cache.close()
+
+
 # ------------------------------- a server that refuses writes, not reads
 
 def test_an_unmarked_commit_the_server_refuses_to_bump_drops_the_epoch():

@@ -15,9 +15,15 @@ from .model import protocol as m
 CI = dict(writers=1, readers=2, tmax=2, faults=1, lease=1, mark_ttl=2, attempts=1)
 
 
-def test_the_protocol_holds():
+@pytest.mark.parametrize("marks", ["early", "in_commit"])
+def test_the_protocol_holds(marks):
+    """Marks sent early in the transaction (checked again before the database
+    commit) and marks sent within commit() (not checked again), each world
+    explored whole; with one writer the two together are every interleaving of
+    a writer that may do either."""
+    p = m.Protocol(early_marks=marks == "early", in_commit_marks=marks == "in_commit")
     with m.configured(**CI):
-        r = m.explore(limit=2_000_000)
+        r = m.explore(p, limit=2_000_000)
     assert r.ok, "\n".join([r.error, *r.trace])
     print(f"\n{r.states} states, {r.transitions} transitions, {r.seconds:.1f} s")
 
@@ -31,6 +37,7 @@ MUTANT_CONFIG = {  # the smallest world that shows each bug
     "no_boot_check": dict(writers=1, readers=2, tmax=1, faults=1, lease=2, mark_ttl=3, attempts=1),
     "restart_while_marked": dict(writers=1, readers=2, tmax=0, faults=1),
     "restart_during_db_commit": dict(writers=1, readers=2, tmax=0, faults=1),
+    "restart_after_in_commit_mark": dict(writers=1, readers=2, tmax=0, faults=1),
     "unmarked_bump_async": dict(writers=1, readers=1, tmax=1, faults=1, lease=1, mark_ttl=2,
                                 attempts=1),  # fmt: skip
     "shared_counter_marks": dict(writers=2, readers=0, tmax=1, faults=1, lease=1, mark_ttl=3,

@@ -61,11 +61,20 @@ class Protocol:
     #: server's current incarnation, sent before the database commit and awaited
     #: before commit() returns; a failed check settles the commit as unmarked
     verify: bool = True
+    #: a mark sent within the commit() call itself (the flush inside commit) skips
+    #: the pre-commit check: its reply, awaited before the database commit, is as
+    #: recent as the check would be. A writer chooses either kind at each commit
+    #: (``early_marks``: marks sent earlier in the transaction, checked before it).
+    in_commit_marks: bool = True
+    early_marks: bool = True
     #: A2: no crash/restart while a writer holds a confirmed mark whose end has not
     #: landed; with ``verify`` only in the window between the check and the database
     #: commit (a known limit, see ARCHITECTURE.md; the mutants "restart_while_marked"
-    #: and "restart_during_db_commit" drop it)
+    #: and "restart_during_db_commit" drop it); for a mark sent within commit(), from
+    #: its landing to the database commit (the mutant "restart_after_in_commit_mark"
+    #: drops that part)
     no_restart_while_marked: bool = True
+    a2_in_commit: bool = True
     settle_unmarked: bool = True  # an unmarked commit bumps before returning if the store answers
 
 
@@ -89,6 +98,7 @@ class Writer(NamedTuple):
     owes: bool  # must attempt again before the store's availability changes (A1)
     mine: int  # data value its commit produced
     owed: frozenset  # messages to deliver (ends, cancels) until the store takes them
+    incommit: bool  # its mark is sent within commit(): no pre-commit check
 
 
 class Reader(NamedTuple):
@@ -116,7 +126,7 @@ class State(NamedTuple):
 
 def initial() -> State:
     d = Data(None, None, frozenset(), frozenset(), None, 0)
-    w = Writer("idle", 0, None, False, None, False, 0, frozenset())
+    w = Writer("idle", 0, None, False, None, False, 0, frozenset(), False)
     r = Reader("idle", 0, None, 0)
     return State(0, "up", 0, d, None, frozenset(), frozenset(), 0, 0,
                  (w,) * _WHO["writers"], (r,) * _WHO["readers"], FRESH0, 0)  # fmt: skip
@@ -264,6 +274,12 @@ def _marked_in_flight(s: State, p: Protocol) -> bool:
     """A writer whose mark landed and whose end has not landed yet (with the
     pre-commit check: one whose check ran and whose database commit has not)."""
     if p.verify:
+        if p.a2_in_commit and any(
+            w.incommit and ((w.pc == "commit" and w.marked)
+                            or (w.pc == "await" and any(m[0] == w.token for m in s.data.marks)))
+            for w in s.writers
+        ):  # fmt: skip
+            return True
         return any(w.pc == "dbc" and w.marked and ("verify", i, w.token) in s.acked
                    for i, w in enumerate(s.writers))  # fmt: skip
     for w in s.writers:
@@ -288,8 +304,13 @@ def _writer_steps(s: State, i: int, w: Writer, p: Protocol) -> list:
     if w.pc == "idle":
         if p.premark:
             token = (i, 0)
-            out.append(("mark", w._replace(pc="await", token=token, attempt=1),
-                        _send(s, ("begin", i, token))))  # fmt: skip
+            if p.early_marks or not (p.verify and p.in_commit_marks):
+                out.append(("mark", w._replace(pc="await", token=token, attempt=1),
+                            _send(s, ("begin", i, token))))  # fmt: skip
+            if p.verify and p.in_commit_marks:
+                out.append(("mark within commit()",
+                            w._replace(pc="await", token=token, attempt=1, incommit=True),
+                            _send(s, ("begin", i, token))))  # fmt: skip
         else:
             out.append(("commit without mark", w._replace(pc="commit", marked=False), s))
     elif w.pc == "await":
@@ -319,7 +340,7 @@ def _writer_steps(s: State, i: int, w: Writer, p: Protocol) -> list:
             out.append(("commit unmarked", w._replace(pc="commit", marked=False, owes=False), s))
     elif w.pc == "commit":
         db = s.db + 1
-        if p.verify and w.marked:
+        if p.verify and w.marked and not w.incommit:
             check = ("verify", i, w.token)
             out.append(("pre-commit check", w._replace(pc="dbc"), _send(s, check)))
         else:
@@ -495,6 +516,7 @@ MUTANTS = {
     "restart_while_marked": Protocol(verify=False, no_restart_while_marked=False),
     "restart_during_db_commit": Protocol(no_restart_while_marked=False),
     "unmarked_bump_async": Protocol(settle_unmarked=False),
+    "restart_after_in_commit_mark": Protocol(a2_in_commit=False),
 }
 
 
