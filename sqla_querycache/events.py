@@ -162,7 +162,8 @@ def install(reader: ReadPath, writer: WritePath, target: Any) -> Installation:
 
     def before_commit(session: Session) -> None:
         tracker = session.info.get(key)
-        if tracker is not None:
+        # the outermost commit only: a SAVEPOINT's release commits nothing yet
+        if tracker is not None and not session.in_nested_transaction():
             tracker.committing()
 
     def after_commit(session: Session) -> None:

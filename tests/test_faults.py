@@ -625,7 +625,7 @@ def test_a_lost_mark_is_made_again_before_the_commit_returns(redis_url, sqlite_e
         reader.close()
 
 
-@pytest.mark.parametrize("early", [True, False])
+@pytest.mark.parametrize("early", [True, False, "after a savepoint"])
 def test_only_a_mark_sent_before_commit_began_is_checked_again(redis_url, sqlite_engine, early):
     """A mark sent early in the transaction (an explicit or auto flush) is asked
     again just before the database commit (a restart since would have lost it);
@@ -654,6 +654,9 @@ def test_only_a_mark_sent_before_commit_began_is_checked_again(redis_url, sqlite
         with maker() as s:
             s.scalars(page).all()
         with maker() as w:
+            if early == "after a savepoint":  # a SAVEPOINT's release is not the commit
+                with w.begin_nested():
+                    w.get(Product, 2)
             w.get(Product, 1).name = "renamed"
             if early:
                 w.flush()
