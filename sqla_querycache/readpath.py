@@ -232,7 +232,6 @@ class _Skip(Exception):
 
 #: execution option of ``QueryCache.explain``: decide, raise :class:`Explained`, run nothing
 EXPLAIN_OPTION = "_qc_explain"
-_OPTIONS = (FromCache, NoCache)
 
 
 class Decision:
@@ -308,24 +307,17 @@ class ReadPath:
     # -------------------------------------------------------------- entry
 
     def passes(self, orm_state: ORMExecuteState) -> bool:
-        """Certainly nothing for the cache to do with this statement: no identity
-        region, no region, explain or probe option on it, no ``FromCache`` /
-        ``NoCache``, no region for its session, and no ``do_orm_execute`` hook after
-        ours (one could still tag it). The full path would let the ORM run it too;
-        this answers ~10 µs sooner, for every statement an app does not cache."""
-        if self.cache.identity_region is not None or getattr(
-            orm_state, "_update_execution_options", None
-        ):
+        """Certainly nothing for the cache to do with this statement: no region
+        for it (:meth:`_region_for`, the one place that decides), no explain or
+        probe option, and no ``do_orm_execute`` hook that changed it or may still
+        tag it. The full path would let the ORM run it too; this answers ~10 µs
+        sooner, for every statement an app does not cache."""
+        if getattr(orm_state, "_update_execution_options", None) or _remaining_hooks(orm_state):
             return False
-        opts = orm_state.execution_options  # the statement's, the call's, the session's
-        if REGION_OPTION in opts or EXPLAIN_OPTION in opts or PROBE_OPTION in opts:
+        opts = orm_state.execution_options
+        if EXPLAIN_OPTION in opts or PROBE_OPTION in opts:
             return False
-        if orm_state.session.info.get(REGION_OPTION) is not None:
-            return False
-        for opt in orm_state.user_defined_options:
-            if isinstance(opt, _OPTIONS):
-                return False
-        return not _remaining_hooks(orm_state)
+        return self._region_for(orm_state)[0] is None
 
     def on_execute(self, orm_state: ORMExecuteState) -> Any:
         """``do_orm_execute`` for a SELECT: a Result, or None to let the ORM run it."""
