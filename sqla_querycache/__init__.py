@@ -19,6 +19,7 @@ Example::
 
 from .cache import QueryCache
 from .exc import ConfigurationError, QueryCacheError, UnknownRegionError, UnknownTableError
+from .near import NearCache
 from .options import EXPIRATION_OPTION, REGION_OPTION, FromCache, NoCache
 from .versions import LocalVersions, VersionStore
 
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "FromCache",
     "LocalVersions",
+    "NearCache",
     "NoCache",
     "QueryCache",
     "QueryCacheError",

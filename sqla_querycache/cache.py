@@ -26,6 +26,7 @@ from . import checks, events, keys, sealing, tracking
 from .exc import ConfigurationError, UnknownRegionError, UnknownTableError
 from .explain import Explanation
 from .hydrate import mapper_of
+from .near import NearCache
 from .readpath import PROBE_OPTION, Probes, ReadPath
 from .regions import RegionStore
 from .sqlshared import SqlShared
@@ -119,6 +120,12 @@ class QueryCache:
         not pay, up to 32 times).
     :param admission_probe_seconds: ... or this many seconds, whichever comes
         first (default 30; doubled likewise).
+    :param near: a :class:`~.near.NearCache`: hits validated in this process
+        against version changes Redis pushes, sending nothing, at the price
+        of a bounded window (its ``max_staleness``) in which another
+        process's committed write may not be seen yet; never in the writing
+        process. Only with a single Redis as ``versions``. Its ``max_bytes``
+        replaces ``memo_bytes``. Default None: every hit reads the versions.
     The environment variable ``SQLA_QUERYCACHE_DISABLED=1`` (read here)
     starts the cache disabled (:attr:`enabled` False); ``0`` or unset: enabled.
 
@@ -149,6 +156,7 @@ class QueryCache:
         admission_min_samples: int = 50,
         admission_probe_calls: int = 200,
         admission_probe_seconds: float = 30.0,
+        near: NearCache | None = None,
     ):
         # 1. plain values
         if not isinstance(regions, Mapping) or not regions:
@@ -176,6 +184,24 @@ class QueryCache:
             if lease < 0.001:
                 raise ConfigurationError(f"lease must be at least 0.001 s, got {lease!r}")
         checks.flag("require_versions", require_versions)
+        if near is not None:
+            if not isinstance(near, NearCache):
+                raise ConfigurationError(f"near must be a NearCache, got {near!r}")
+            if near._versions is not None:
+                raise ConfigurationError("this NearCache is already used by a QueryCache")
+            memo_bytes = near.max_bytes
+            redis_like = (
+                (isinstance(versions, str) and versions.startswith(("redis://", "rediss://", "unix://")))
+                or getattr(versions, "kind", None) == "redis"
+                or hasattr(versions, "register_script")
+            )
+            if not redis_like:
+                got = versions if isinstance(versions, str) else type(versions).__name__
+                raise ConfigurationError(
+                    f"near= needs a Redis version store (versions=<redis URL or client>), "
+                    f"got versions={got!r}: with local versions every read is already in "
+                    f"process; the sql store has no push channel"
+                )
         stats_interval = checks.seconds("stats_interval", stats_interval, positive=False)
         if identity_region is not None and (
             not isinstance(identity_region, str) or identity_region not in regions
@@ -218,6 +244,16 @@ class QueryCache:
         self.versions: VersionStore = _make_version_store(
             versions, namespace, lease=lease, require=require_versions
         )
+        #: the near cache (opt-in), or None
+        self.near = near
+        if near is not None:
+            try:
+                near.attach(self.versions)
+            except ConfigurationError:
+                close = getattr(self.versions, "close", None)
+                if close is not None:
+                    close()
+                raise
         self._stats = Stats(self.regions)
         #: app-wide counters and switch: the versions' Redis, or the "sql" store's
         #: ``querycache_stats`` table (None with other stores)
@@ -600,6 +636,8 @@ class QueryCache:
             )
             parts.append(f"  identity region {self.identity_region!r}: hits/loads per class: "
                          f"{per_class or '-'}")  # fmt: skip
+        if self.near is not None:
+            parts.append(f"  near: {self.near!r}")
         state = "installed" if self._installed is not None else "not installed"
         return (
             f"<QueryCache namespace={self.namespace!r} versions={self.versions!r} "

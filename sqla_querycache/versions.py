@@ -350,7 +350,8 @@ def own_connection(pool: Any) -> Any:
 class _Ticket:
     """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
 
-    __slots__ = ("cancels", "conn", "done", "ends", "error", "lua", "names", "reply", "token")
+    __slots__ = ("cancels", "conn", "done", "drop", "ends", "error", "lua", "names", "reply",
+                 "token")
 
     def __init__(self, ends: list[tuple[str, str]], lua: str = "", names: Sequence[str] = (),
                  token: str = "", cancels: list[tuple[str, str]] | None = None):  # fmt: skip
@@ -363,6 +364,7 @@ class _Ticket:
         self.conn: Any = None  # the connection whose reply it is
         self.names = names  # tables it marks
         self.token = token  # their mark's token
+        self.drop: Sequence[str] = ()  # tables it changes: the near cache forgets them
 
 
 class RedisVersions:
@@ -462,6 +464,8 @@ class RedisVersions:
         self._circuit = _Circuit(cooldown)
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
+        #: the near cache (``near.NearCache``) answering reads in process, or None
+        self.near: Any = None
         if require:  # before any thread starts: a failed check leaves nothing running
             try:
                 self.check()
@@ -513,7 +517,8 @@ class RedisVersions:
         conn.on_connect()
         conn.send_command("EVAL", _BOOT_LUA, 2, self._epoch_key, self._boot_key,
                           int(self.lease * 1000), fresh_version(), 0)  # fmt: skip
-        conn.read_response()
+        if conn.read_response() and self.near is not None:  # a new server, a new epoch
+            self.near.clear()
 
     def _call(self, script: Any, keys: list[str], args: list[Any], client: Any = None) -> Any:
         if not getattr(self._local, "probing", False):  # the commit path asks anyway
@@ -595,6 +600,13 @@ class RedisVersions:
         tables as settled at once, instead of bypassing them until the timer.
         """
         self._circuit.check()
+        near = self.near
+        if near is not None:
+            if key is None:
+                got = near.get(names)
+                if got is not None:
+                    return None, got
+            gen = near.generation()
         if self._cluster:  # a cluster pipeline refuses scripts; these keys share one slot
             if self._ends or self._cancels:
                 try:
@@ -604,7 +616,10 @@ class RedisVersions:
             keys, args = self.read_args(names)
             return None, self.parse(self._call(self._read, keys, args))
         if key is None and not self._ends and not self._cancels:
-            return None, self.parse(self._read_direct(names))  # this thread's connection
+            versions = self.parse(self._read_direct(names))  # this thread's connection
+            if near is not None and versions is not None:
+                near.put(names, versions, gen)
+            return None, versions
         with self._ends_lock:
             ends, self._ends = self._ends, []
             cancels, self._cancels = self._cancels, []
@@ -621,7 +636,13 @@ class RedisVersions:
             self._circuit.failed()
             raise Unavailable(f"version store read failed: {err!r}") from err
         self._ok()
-        return (out[-2] if key is not None else None), self.parse(out[-1])
+        versions = self.parse(out[-1])
+        if near is not None:
+            if ends or cancels:  # this process's writes rode along
+                near.drop([n for n, _ in ends] + [n for n, _ in cancels])
+            elif versions is not None:
+                near.put(names, versions, gen)
+        return (out[-2] if key is not None else None), versions
 
     def _pipelined(self, key: str | list[str] | None, names: Sequence[str],
                    ends: list[tuple[str, str]], cancels: list[tuple[str, str]]) -> Any:  # fmt: skip
@@ -633,6 +654,8 @@ class RedisVersions:
         noscript = self._noscript
         cmds: list[bytes] = []
         if ends or cancels:
+            if self.near is not None:
+                self.near.drop([n for n, _ in ends] + [n for n, _ in cancels])
             wargs = self._write_args((), "", ends, cancels)
             cmds.append(self._script_command(self._write.sha, _WRITE_LUA, wargs))
         if isinstance(key, list):
@@ -737,10 +760,15 @@ class RedisVersions:
     def _send_script(self, sha: str, lua: str, args: list[Any], ends: list[tuple[str, str]],
                      names: Sequence[str] = (), token: str = "",
                      cancels: list[tuple[str, str]] | None = None,
-                     packed: bytes | None = None) -> _Ticket:  # fmt: skip
+                     packed: bytes | None = None,
+                     changed: Sequence[str] = ()) -> _Ticket:  # fmt: skip
         """Send a script (or the ``packed`` command) on this thread's connection;
-        its reply is read later (:meth:`wait`)."""
+        its reply is read later (:meth:`wait`). ``changed``: the tables it
+        changes, which the near cache forgets now and again once it ran."""
         ticket = _Ticket(ends, lua, names, token, cancels)
+        if changed and self.near is not None:
+            ticket.drop = changed
+            self.near.drop(changed)
         local = self._local
         try:
             if not getattr(local, "probing", False):
@@ -771,7 +799,9 @@ class RedisVersions:
             ends, self._ends = self._ends, []
             cancels, self._cancels = self._cancels, []
         args = self._write_args(names, token, ends, cancels)
-        return self._send_script(self._write.sha, _WRITE_LUA, args, ends, names, token, cancels)
+        changed = [*names, *(n for n, _ in ends), *(n for n, _ in cancels)]
+        return self._send_script(self._write.sha, _WRITE_LUA, args, ends, names, token, cancels,
+                                 changed=changed)  # fmt: skip
 
     def begin_async(self, names: Sequence[str]) -> _Ticket:
         """Send ``begin_write(names)`` now, read its reply later with :meth:`wait`.
@@ -797,7 +827,8 @@ class RedisVersions:
             except Exception as err:
                 ticket.error = err
             return ticket
-        return self._send_script(self._verify.sha, _VERIFY_LUA, [len(keys), *keys, *argv], [])
+        return self._send_script(self._verify.sha, _VERIFY_LUA, [len(keys), *keys, *argv], [],
+                                 changed=names)  # fmt: skip
 
     def _remember(self, names: Sequence[str], token: str) -> None:
         """The mark token of ``names`` (this very tuple), for its ``end_write``."""
@@ -855,6 +886,8 @@ class RedisVersions:
         return False
 
     def _resolve(self, ticket: _Ticket, outcome: Any) -> None:
+        if ticket.drop:  # whatever it did is done now: reads from here on see it
+            self.near.drop(ticket.drop)
         ticket.done = True
         ticket.reply = outcome
         if isinstance(outcome, BaseException):
@@ -996,6 +1029,8 @@ class RedisVersions:
             # others serve what this commit changed: drop the epoch, so every
             # entry is unreachable and a new epoch (which needs a write) can only
             # be made, and rows read under it, after this commit
+            if self.near is not None:
+                self.near.clear()
             return self._probe(lambda: self.client.delete(self._epoch_key))
         except Exception:  # a bug guard: the contract says it never raises
             return False
@@ -1009,6 +1044,8 @@ class RedisVersions:
         costs cache hits, never correctness. If it cannot be sent, it is
         queued and rides on the next lookup or write, or a backing-off timer.
         """
+        if self.near is not None:
+            self.near.drop(names)
         try:
             token = self._token_of(names)
             ends = [(n, token) for n in names]
@@ -1034,8 +1071,8 @@ class RedisVersions:
         if conn is None or local.pid != os.getpid() or self._circuit.down_until:
             return False
         # on failure its ends go back to the queue
-        ticket = self._send_script(self._write.sha, _WRITE_LUA,
-                                   self._write_args((), "", ends), ends)  # fmt: skip
+        ticket = self._send_script(self._write.sha, _WRITE_LUA, self._write_args((), "", ends),
+                                   ends, changed=[n for n, _ in ends])  # fmt: skip
         if ticket.done:
             return True  # failed at once; _resolve queued them again
         if len(local.pending) > 64:  # replies owed pile up only if this thread never waits
@@ -1044,6 +1081,8 @@ class RedisVersions:
 
     def _queue(self, ends: Sequence[tuple[str, str]] = (),
                cancels: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
+        if self.near is not None:
+            self.near.drop([n for n, _ in ends] + [n for n, _ in cancels])
         with self._ends_lock:
             self._ends.extend(ends)
             self._cancels.extend(cancels)
@@ -1082,12 +1121,18 @@ class RedisVersions:
 
     def bump(self, names: Sequence[str]) -> None:
         """Invalidate ``names`` now. Raises only :class:`Unavailable`."""
+        near = self.near
+        if near is not None:
+            near.drop(names)
         try:
             self._call(self._bump, self._vkeys(names), [])
         except Unavailable:
             raise
         except Exception as err:  # pragma: no cover - _call wraps everything
             raise Unavailable(repr(err)) from err
+        finally:
+            if near is not None:
+                near.drop(names)
 
     # -- the app-wide switch (QueryCache.disable_app_wide)
 
@@ -1108,15 +1153,20 @@ class RedisVersions:
 
     def check_boot(self) -> bool:
         """Run the boot check now; True if it found a new server (and reset the epoch)."""
-        return bool(self._call(self._boot, [self._epoch_key, self._boot_key],
-                               [int(self.lease * 1000), fresh_version(), 1]))  # fmt: skip
+        reset = bool(self._call(self._boot, [self._epoch_key, self._boot_key],
+                                [int(self.lease * 1000), fresh_version(), 1]))  # fmt: skip
+        if reset and self.near is not None:
+            self.near.clear()
+        return reset
 
     def _beat(self) -> None:
         interval = self.lease / 3
         while not self._stop.wait(interval):
             try:  # renews the epoch; a restarted server gets a fresh one
-                self._boot(keys=[self._epoch_key, self._boot_key],
-                           args=[int(self.lease * 1000), fresh_version(), 1])  # fmt: skip
+                reset = self._boot(keys=[self._epoch_key, self._boot_key],
+                                   args=[int(self.lease * 1000), fresh_version(), 1])  # fmt: skip
+                if reset and self.near is not None:
+                    self.near.clear()
             except Exception:
                 self._circuit.failed()  # Redis away: the epoch is left to expire, by design
                 continue
@@ -1127,6 +1177,8 @@ class RedisVersions:
     def close(self) -> None:
         """Stop the heartbeat; deliver what this process still owes (best effort)."""
         self._stop.set()
+        if self.near is not None:
+            self.near.close()
         try:
             self.flush()
             pending = getattr(self._local, "pending", None)
