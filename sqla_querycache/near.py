@@ -26,7 +26,11 @@ process too busy to read) reads are strict again. So a near hit reflects every
 write Redis executed more than ``max_staleness`` before it, and a writer's mark
 is executed before its database commit: a read that starts after another
 process's ``commit()`` returned sees that write at most ``max_staleness``
-later. Within the writing process there is no window at all: every write this
+later. In practice far sooner: a near read also declines while pushes wait
+unread (on the socket, or taken off it by the thread but not applied yet: the
+reading thread needs the GIL the reader holds), so what remains is the time a
+push takes from Redis to this host. Within the writing process there is no
+window at all: every write this
 process sends drops its tables from the mirror when it is sent and again when
 its reply arrives (read-your-writes holds exactly as in strict mode).
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import socket
 import threading
 import time
 import uuid
@@ -88,10 +93,17 @@ class NearCache:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._conns: list[Any] = []
+        self._sock: Any = None  # the push connection's socket, once tracking is on
+        #: held while pushes are taken off the socket and applied (either thread)
+        self._io = threading.Lock()
+        self._parser: Any = None
+        self._beat = b""  # this push connection's beat channel
+        self._out: tuple[int, float] | None = None  # the beat on its way: (seq, sent)
         # counters (this process)
         self.hits = 0  #: version reads answered by the mirror
         self.unknown = 0  #: ... not: a table or the epoch not in the mirror
         self.lagging = 0  #: ... not: the last beat that came back is too old
+        self.unread = 0  #: ... not: pushes were waiting to be applied
         self.invalidations = 0  #: keys Redis pushed
         self.connects = 0  #: push connections made
         self.lag: float | None = None  #: seconds the last beat took to come back
@@ -151,6 +163,33 @@ class NearCache:
         if not self.fresh():
             self.lagging += 1
             return None
+        # Pushes that arrived but are not applied yet (the reading thread waits
+        # for the GIL this thread holds): apply them here, now. The socket
+        # first, then the lock the reading thread holds from before it takes
+        # bytes off the socket until it applied them.
+        sock = self._sock
+        try:
+            waiting = sock is None or bool(select.select([sock], [], [], 0)[0])
+        except (OSError, ValueError):  # closed meanwhile
+            waiting = True
+        if waiting:
+            if sock is None or not self._io.acquire(blocking=False):
+                self.unread += 1
+                return None
+            try:
+                self._pump()
+            except Exception:  # the connection failed: the thread starts again
+                self._acked = -1e18
+                self.unread += 1
+                return None
+            finally:
+                self._io.release()
+            if not self.fresh():
+                self.lagging += 1
+                return None
+        elif self._io.locked():
+            self.unread += 1
+            return None
         known = self._known
         try:
             out = [known[EPOCH]]
@@ -205,6 +244,7 @@ class NearCache:
                 if not self._stop.is_set():
                     log.debug("near cache: push connection lost (%r); strict reads", err)
             self._acked = -1e18
+            self._sock = None
             self.clear()
             self._drop_connections()
             if self._stop.wait(delay):
@@ -254,20 +294,24 @@ class NearCache:
                           "PREFIX", v_prefix, "PREFIX", m_prefix,
                           "PREFIX", self._epoch_key))  # fmt: skip
         rt.read()
-        # tracking is on: whatever was read before may have missed a push
-        self.clear()
+        sock.setblocking(False)  # from here the socket is read only when select says so
+        with self._io:
+            self._parser, self._beat, self._out = parser, beat, None
+            # tracking is on: whatever was read before may have missed a push
+            self.clear()
+            self._sock = sock
         self.connects += 1
         epoch_key = self._epoch_key.encode()
         interval = self.beat_interval
         give_up = max(1.0, 10 * self.max_staleness)  # a beat this late: start again
         seq = 0
-        out: tuple[int, float] | None = None  # the beat on its way
         next_beat = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
+            out = self._out
             if out is None and now >= next_beat:
                 seq += 1
-                out = (seq, now)
+                self._out = (seq, now)
                 # EXISTS first: an epoch past its TTL but not yet expired by Redis
                 # is deleted by the lookup, and its push precedes the beat's
                 rt.send(wire.pack("EXISTS", epoch_key) + wire.pack("PUBLISH", beat, seq))
@@ -276,11 +320,23 @@ class NearCache:
                 next_beat = now + interval
             elif out is not None and now - out[1] > give_up:
                 raise TimeoutError("the beat did not come back")
-            wait = max(0.0, (next_beat if out is None else now + interval) - time.monotonic())
+            wait = max(0.0, (next_beat if self._out is None else now + interval)
+                        - time.monotonic())  # fmt: skip
             ready, _, _ = select.select([sock], [], [], wait)
-            if not ready:
-                continue
-            data = sock.recv(65536)
+            if ready:
+                with self._io:
+                    self._pump()
+
+    def _pump(self) -> None:
+        """Take every push waiting on the socket and apply it (``_io`` held)."""
+        sock, parser = self._sock, self._parser
+        if sock is None:
+            raise ConnectionError("not connected")
+        while True:
+            try:
+                data = sock.recv(65536, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
             if not data:
                 raise ConnectionError("closed by the server")
             parser.feed(data)
@@ -288,11 +344,14 @@ class NearCache:
                 msg = parser.gets()
                 if msg is _NOTHING:
                     break
-                got = self._apply(msg, beat)
+                got = self._apply(msg, self._beat)
+                out = self._out
                 if got is not None and out is not None and got == out[0]:
                     self.lag = time.monotonic() - out[1]
                     self._acked = out[1]
-                    out = None
+                    self._out = None
+            if len(data) < 65536:
+                break
 
     def _apply(self, msg: Any, beat: bytes) -> int | None:
         """One push: drop what it names; a beat's number when it is ours."""
@@ -325,9 +384,8 @@ class NearCache:
                 names.append(key[len(v_prefix):].decode("utf-8", "replace"))
             elif key.startswith(m_prefix):
                 names.append(key[len(m_prefix):].decode("utf-8", "replace"))
-            else:  # the epoch (or a key we do not know): everything
-                self.clear()
-                return
+            else:  # the epoch (renewed by every process's heartbeat, or new): read it again
+                names.append(EPOCH)
         self.drop(names)
 
     # ------------------------------------------------------------ shell
@@ -343,6 +401,7 @@ class NearCache:
             "hits": self.hits,
             "unknown": self.unknown,
             "lagging": self.lagging,
+            "unread": self.unread,
             "invalidations": self.invalidations,
             "connects": self.connects,
         }
@@ -352,7 +411,8 @@ class NearCache:
         state = "fresh" if s["fresh"] else "strict"
         lag = "-" if s["lag"] is None else f"{s['lag'] * 1000:.1f}ms"
         return (f"<NearCache max_staleness={self.max_staleness:g}s {state} beat lag={lag} "
-                f"hits={s['hits']} strict(unknown={s['unknown']} lagging={s['lagging']}) "
+                f"hits={s['hits']} strict(unknown={s['unknown']} lagging={s['lagging']} "
+                f"unread={s['unread']}) "
                 f"tables={s['tables']} invalidations={s['invalidations']}>")  # fmt: skip
 
 

@@ -23,6 +23,17 @@ any fault, during each kind of fault, after recovery):
 
     python -m tests.consistency_checker --faults --seconds 600 --writers 2 --readers 2
 
+With ``--near SECONDS`` every process uses the near cache
+(``NearCache(max_staleness=SECONDS)``): a read may then miss a commit that
+returned less than SECONDS before it began, never one older. The checker
+reports how stale each such read was (``staleness_ms``: how long before the
+read began the oldest write it missed had returned; its distribution over the
+stale reads, p50/p99/max, and over all reads) and fails on any read staler
+than the bound (``beyond_bound``). Own writes are not exempt from the count:
+a writer process never reads here, so every stale read is another process's.
+
+    python -m tests.consistency_checker --near 0.05 --seconds 60 --writers 2 --readers 3
+
 Exit status 0 when no stale read was seen and no process hung (it prints the
 counts either way).
 """
@@ -48,6 +59,8 @@ from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 ROWS = 4
+#: the workers' near cache bound, seconds (set by --near; unset or 0: strict)
+NEAR_ENV = "QC_CHECK_NEAR"
 #: seconds after the deadline a worker may take to finish before its watchdog ends it
 GRACE = 20.0
 #: seconds one operation (a transaction, a read) may run before its worker prints its stacks
@@ -70,7 +83,7 @@ def _process(db_url: str, redis_url: str) -> tuple[Any, Any, Any]:
     """One checker process's engine, QueryCache and the sessionmaker it is installed on."""
     from dogpile.cache import make_region
 
-    from sqla_querycache import QueryCache
+    from sqla_querycache import NearCache, QueryCache
 
     kw: dict[str, Any] = {}
     if db_url.startswith("postgresql"):  # a database behind a hung proxy: fail, do not wait
@@ -78,7 +91,10 @@ def _process(db_url: str, redis_url: str) -> tuple[Any, Any, Any]:
     engine = create_engine(db_url, **kw)
     region = make_region().configure("dogpile.cache.redis", expiration_time=300,
                                      arguments={"url": redis_url})  # fmt: skip
-    cache = QueryCache(regions={"default": region}, versions=redis_url, namespace="qccheck")
+    near_s = float(os.environ.get(NEAR_ENV) or 0)
+    near = NearCache(max_staleness=near_s) if near_s else None
+    cache = QueryCache(regions={"default": region}, versions=redis_url, namespace="qccheck",
+                       near=near)  # fmt: skip
     maker = sessionmaker(engine)
     cache.install(maker)
     return engine, cache, maker
@@ -209,6 +225,8 @@ def reader(db_url: str, redis_url: str, seconds: float, seed: int, out: str, go:
             continue
         reads.append((began, seen, time.time() - began))
     log.data["stats"] = cache.stats()["default"]
+    if cache.near is not None:
+        log.data["near"] = cache.near.stats()
     log.write()
     cache.close()
 
@@ -314,6 +332,8 @@ def _collect(tmp: str) -> dict[str, Any]:
         out["errors"] += data.get("errors", 0)
         for kind, n in data.get("error_kinds", {}).items():
             out["error_kinds"][kind] = out["error_kinds"].get(kind, 0) + n
+        if "near" in data:
+            out["near_hits"] = out.get("near_hits", 0) + data["near"]["hits"]
         if "stats" in data:
             out["hits"] += data["stats"]["hits"]
             out["misses"] += data["stats"]["misses"]
@@ -321,7 +341,8 @@ def _collect(tmp: str) -> dict[str, Any]:
 
 
 def run(db_url: str, redis_url: str, seconds: float, writers: int, readers: int,
-        seed: int = 0) -> dict:  # fmt: skip
+        seed: int = 0, near: float = 0.0) -> dict:  # fmt: skip
+    os.environ[NEAR_ENV] = str(near)  # the spawned workers read it
     _prepare(db_url)
     import redis
 
@@ -332,13 +353,19 @@ def run(db_url: str, redis_url: str, seconds: float, writers: int, readers: int,
     procs, t0 = _workers(db_url, redis_url, seconds, writers, readers, seed, tmp)
     hung = _join(procs, t0 + seconds)
     got = _collect(tmp)
-    return check(got["commits"], got["reads"]) | {
+    return check(got["commits"], got["reads"], near) | {
         "hits": got["hits"], "misses": got["misses"], "errors": got["errors"], "hung": hung,
+        "near_hits": got.get("near_hits", 0),
     }  # fmt: skip
 
 
-def check(commits: list, reads: list) -> dict:
-    """Count reads that began after a commit returned yet show an older value."""
+def check(commits: list, reads: list, bound: float = 0.0) -> dict:
+    """Count reads that began after a commit returned yet show an older value.
+
+    ``bound`` (the near cache's ``max_staleness``): such a read is allowed when
+    the oldest commit it missed returned less than ``bound`` before it began;
+    ``beyond_bound`` counts the others. With 0 every stale read is beyond it.
+    """
     by_row: dict[int, list[tuple[float, int]]] = {}
     for t, k, value, *_ in commits:
         by_row.setdefault(int(k), []).append((t, value))
@@ -349,14 +376,27 @@ def check(commits: list, reads: list) -> dict:
         times[k] = [t for t, _ in events]
         newest[k] = list(itertools.accumulate((v for _, v in events), max))
     stale = []
+    ages = []  # per read: how stale it was (0: not at all), seconds
     for began, seen, *_ in reads:
+        age = 0.0
         for k, value in seen.items():
             i = bisect.bisect_left(times.get(int(k), []), began)  # commits returned before it
             committed = newest[int(k)][i - 1] if i else 0
             if value < committed:
-                stale.append({"began": began, "row": k, "saw": value, "committed": committed})
-    return {"commits": len(commits), "reads": len(reads), "stale": len(stale),
-            "examples": stale[:5]}  # fmt: skip
+                # the oldest commit it missed: the first whose running max passed the value
+                j = bisect.bisect_right(newest[int(k)], value)
+                missed = began - times[int(k)][j]
+                age = max(age, missed)
+                stale.append({"began": began, "row": k, "saw": value, "committed": committed,
+                              "ms": round(missed * 1000, 3)})  # fmt: skip
+        ages.append(age)
+    beyond = [e for e in stale if e["ms"] >= bound * 1000]
+    return {"commits": len(commits), "reads": len(reads), "stale": len(beyond),
+            "stale_within_bound": len(stale) - len(beyond), "bound_ms": bound * 1000,
+            "staleness_ms": {"stale_reads": _percentiles([a for a in ages if a > 0]),
+                             "all_reads": _percentiles(ages)},
+            "beyond_bound": len(beyond),
+            "examples": (beyond or stale)[:5]}  # fmt: skip
 
 
 # ------------------------------------------------------------------ faults
@@ -533,12 +573,13 @@ def latency_by_phase(samples: list[tuple[float, float]], applied: list[dict[str,
 
 def run_with_faults(db_url: str, seconds: float, writers: int, readers: int, seed: int,
                     db_faults: bool = False, verbose: bool = True,
-                    keep: bool = True) -> dict:  # fmt: skip
+                    keep: bool = True, near: float = 0.0) -> dict:  # fmt: skip
     """The checker through a fault proxy to a redis-server of its own, under a seeded schedule."""
     from sqlalchemy.engine import make_url
 
     from .faultproxy import FaultProxy, RedisServer
 
+    os.environ[NEAR_ENV] = str(near)  # the spawned workers read it
     schedule = fault_schedule(seed, seconds, db_faults)
     if verbose:
         kinds = [f["kind"] for f in schedule if f["kind"] != "save"]
@@ -574,7 +615,7 @@ def run_with_faults(db_url: str, seconds: float, writers: int, readers: int, see
     got = _collect(tmp)
     if not keep:
         shutil.rmtree(tmp, ignore_errors=True)
-    result = check(got["commits"], got["reads"])
+    result = check(got["commits"], got["reads"], near)
     commit_samples = [(c[3], c[0] - c[3]) for c in got["commits"]]
     read_samples = [(r[0], r[2]) for r in got["reads"]]
     commits_in = {"during": 0, "after": 0}
@@ -597,6 +638,7 @@ def run_with_faults(db_url: str, seconds: float, writers: int, readers: int, see
         "commits_during_faults": commits_in["during"],
         "commits_after_faults": commits_in["after"],
         "hits": got["hits"],
+        "near_hits": got.get("near_hits", 0),
         "misses": got["misses"],
         "errors": got["errors"],
         "error_kinds": got["error_kinds"],
@@ -633,6 +675,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--writers", type=int, default=3)
     parser.add_argument("--readers", type=int, default=5)
+    parser.add_argument("--near", type=float, default=0.0, metavar="SECONDS",
+                        help="the workers use NearCache(max_staleness=SECONDS)")
     parser.add_argument("--db", default=os.environ.get("QC_PG_URL"))
     parser.add_argument("--redis", default=os.environ.get("QC_REDIS_URL"))
     parser.add_argument(
@@ -658,9 +702,10 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     if args.faults:
         result = run_with_faults(args.db, args.seconds, args.writers, args.readers, seed,
-                                 db_faults=args.db_faults)  # fmt: skip
+                                 db_faults=args.db_faults, near=args.near)  # fmt: skip
     else:
-        result = run(args.db, args.redis, args.seconds, args.writers, args.readers, seed)
+        result = run(args.db, args.redis, args.seconds, args.writers, args.readers, seed,
+                     near=args.near)  # fmt: skip
     print(json.dumps(result, indent=2))
     if args.faults:
         print(latency_table(result))

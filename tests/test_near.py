@@ -406,6 +406,7 @@ def test_every_write_of_this_process_drops_its_tables_from_the_mirror(redis_url,
     cache = _cache(redis_url, NearCache())
     try:
         near, store = cache.near, cache.versions
+        _wait_fresh(cache)  # connected: its setup empties the mirror once
         names = ("t1", "t2")
         store.read(names)
         gen = near.generation()
