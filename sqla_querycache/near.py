@@ -308,7 +308,7 @@ class NearCache:
         next_beat = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            out = self._out
+            out: tuple[int, float] | None = self._out
             if out is None and now >= next_beat:
                 seq += 1
                 self._out = (seq, now)
@@ -345,10 +345,10 @@ class NearCache:
                 if msg is _NOTHING:
                     break
                 got = self._apply(msg, self._beat)
-                out = self._out
-                if got is not None and out is not None and got == out[0]:
-                    self.lag = time.monotonic() - out[1]
-                    self._acked = out[1]
+                sent = self._out
+                if got is not None and sent is not None and got == sent[0]:
+                    self.lag = time.monotonic() - sent[1]
+                    self._acked = sent[1]
                     self._out = None
             if len(data) < 65536:
                 break
