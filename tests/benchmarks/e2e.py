@@ -762,8 +762,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-install", action="store_true", help="do not apt-get install wrk when it is missing"
     )
+    parser.add_argument("--near", type=float, default=0.0, metavar="SECONDS",
+                        help="the cached app uses NearCache(max_staleness=SECONDS)")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
+    if args.near:
+        os.environ["QC_E2E_NEAR"] = repr(args.near)  # the servers' environment
+    else:
+        os.environ.pop("QC_E2E_NEAR", None)
     if not args.pg_url or not args.redis_url:
         parser.error("needs PostgreSQL and Redis: set QC_PG_URL and QC_REDIS_URL "
                      "(or --pg-url / --redis-url)")  # fmt: skip
@@ -812,7 +818,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "the same app, its QueryCache disabled (SQLA_QUERYCACHE_DISABLED=1; "
                         "writes still bump versions)"),
         "cached: Redis regions (one per workload) + Redis versions, identity_region for "
-        "session.get; the write endpoint's session.get goes through it too",
+        "session.get; the write endpoint's session.get goes through it too"
+        + (f"; near cache: NearCache(max_staleness={args.near:g})" if args.near else ""),
         "ids: 80% of the requests on 20% of the rows (writes: products, skewed the same way)",
         "hit ratio: hits / (hits + misses + bypassed) of the workload's region in the "
         "cached runs (cache.stats() through the app's /_stats)",

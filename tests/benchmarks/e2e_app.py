@@ -75,7 +75,11 @@ _written_lock = threading.Lock()
 if MODE != "none":
     from dogpile.cache import make_region
 
+    from sqla_querycache import NearCache
+
     redis_url = os.environ["QC_E2E_REDIS"]
+    #: QC_E2E_NEAR: the cached app's NearCache(max_staleness=...) in seconds (unset: strict)
+    NEAR = os.environ.get("QC_E2E_NEAR")
     if MODE == "disabled":
         os.environ["SQLA_QUERYCACHE_DISABLED"] = "1"
     cache = QueryCache(
@@ -88,6 +92,7 @@ if MODE != "none":
         versions=redis_url,
         namespace=os.environ.get("QC_E2E_NAMESPACE", "qce2e"),
         identity_region="product",
+        near=NearCache(max_staleness=float(NEAR)) if NEAR else None,
     )
     cache.install(SessionLocal)
 #: the region a read workload tags its statement with (None: untagged)
