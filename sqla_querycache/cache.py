@@ -483,6 +483,13 @@ class QueryCache:
             ids = list(ids)
             return run_sync(lambda s: self.get_many(s, entity, ids, **get_kw))
         ids = list(ids)
+        from sqlalchemy.ext.horizontal_shard import ShardedSession
+
+        if isinstance(session, ShardedSession):
+            # each get runs once per shard it may be on (its sharding hook): no
+            # batch to make; the gets, each shard's cached as its own statement
+            got = (session.get(entity, ident, **get_kw) for ident in ids)
+            return [obj for obj in got if obj is not None]
         found: list[Any] = [None] * len(ids)
         probes = Probes()
         noted: list[int] = []

@@ -28,6 +28,7 @@ from weakref import WeakKeyDictionary
 
 from sqlalchemy.engine import Connection, CursorResult, Engine, Result
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm.attributes import instance_state
 from sqlalchemy.orm.context import FromStatement
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.selectable import Select
@@ -334,6 +335,8 @@ class ReadPath:
             if rec is not None:
                 return _post_load(orm_state, rec)
             return None
+        if _sharded(orm_state):
+            return self._per_shard(orm_state)
         # hooks registered after ours may still change the statement (loader
         # criteria, tenants): run them now, so that what we key is final
         later, result = _run_later_hooks(orm_state)
@@ -353,6 +356,27 @@ class ReadPath:
             result = self._cached(orm_state)
         if result is None and later:  # they ran already: run the statement ourselves
             return orm_state.invoke_statement()
+        return result
+
+    def _per_shard(self, orm_state: ORMExecuteState) -> Any:
+        """A :class:`~sqlalchemy.ext.horizontal_shard.ShardedSession`'s statement.
+
+        Its sharding hook (an instance listener, so after ours) answers every
+        statement itself: one ``invoke_statement`` per shard, with that shard in
+        ``bind_arguments`` and its ``identity_token`` in the execution options,
+        then merges the results. ``invoke_statement`` runs only the hooks after
+        the one that calls it, so ours is put right after the sharding hook in
+        this execution's list: each shard's statement then reaches
+        :meth:`on_execute` as a statement of its own, keyed for its bind (the
+        shard's engine) and its identity token, its objects keeping the token.
+        """
+        todo = orm_state._events_todo
+        at = orm_state._starting_event_idx + 1
+        for i in range(at, len(todo)):
+            if todo[i] is _SHARD_HOOK:
+                todo.insert(i + 1, self.on_execute)
+                break
+        _, result = _run_later_hooks(orm_state)
         return result
 
     def _traced(self, orm_state: ORMExecuteState) -> Any:
@@ -976,7 +1000,8 @@ class ReadPath:
         )
         wanted[own_ident] = []  # lands on the parent: nothing to pin
         for state in list(idmap.all_states()):
-            if state is parent or state.manager is not parent.manager or prop.key in state.dict:
+            if (state is parent or state.manager is not parent.manager or prop.key in state.dict
+                    or state.identity_token != token):  # another shard's object: its own load
                 continue
             ident = strategy._get_ident_for_use_get(session, state, PassiveFlag.PASSIVE_NO_FETCH)
             if any(v is None or v is LoaderCallableStatus.PASSIVE_NO_RESULT for v in ident):
@@ -1023,15 +1048,25 @@ class ReadPath:
 
         stmt = select(target).where(cond).options(NoCache())
         preexisting = set(idmap.keys()) if len(idmap) else None
+        # where the lazy load itself runs: its shard (a sharded session runs a
+        # statement with no shard on every shard) and its identity token
+        opts: dict[str, Any] = {"autoflush": False}
+        if token is not None:
+            opts["identity_token"] = token
+        shard = {k: v for k, v in orm_state.bind_arguments.items() if k == "shard_id"}
+        if token is not None and not shard and _sharded(orm_state):
+            shard = {"shard_id": token}
         rec, rec_token = tracking.start_recording()
         try:
-            frozen = session.execute(stmt, execution_options={"autoflush": False}).freeze()
+            frozen = session.execute(stmt, execution_options=opts, bind_arguments=shard).freeze()
         finally:
             tracking.stop_recording(rec_token)
         scalars = frozen._source_supports_scalars  # rows are the objects themselves
         by_ident = {}
         for row in frozen.data:
             obj = row if scalars else row[0]
+            if instance_state(obj).identity_token != token:
+                return own_result, served  # not where the lazy load runs: keep nothing
             ident = tuple(target.primary_key_from_instance(obj))
             by_ident[ident] = row
             if ident in wanted:
@@ -1371,6 +1406,22 @@ def _post_load(orm_state: ORMExecuteState, rec: tracking.Recorder) -> Any:
     if result:
         return result
     return orm_state.invoke_statement() if later else None
+
+
+_SHARD_HOOK: Any = None
+
+
+def _sharded(orm_state: ORMExecuteState) -> bool:
+    """Is SQLAlchemy's horizontal sharding hook among the hooks after ours?"""
+    global _SHARD_HOOK
+    later = _remaining_hooks(orm_state)
+    if not later:
+        return False
+    if _SHARD_HOOK is None:
+        from sqlalchemy.ext.horizontal_shard import execute_and_instances
+
+        _SHARD_HOOK = execute_and_instances
+    return any(fn is _SHARD_HOOK for fn in later)
 
 
 def _run_later_hooks(orm_state: ORMExecuteState) -> tuple[list[Any], Any]:
