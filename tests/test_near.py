@@ -127,8 +127,18 @@ def test_generated_runs_keep_read_your_writes_and_the_staleness_bound(pair, seed
     assert a.near.hits + b.near.hits > 100, (a.near, b.near)
 
 
-def test_a_near_hit_sends_nothing_to_redis(pair, redis_client):
-    a, make_a = pair()
+def test_a_near_hit_sends_nothing_to_redis(redis_url, redis_client, sqlite_engine):
+    # a bound of a second: a loaded machine (CI) must not turn these reads strict
+    a = _cache(redis_url, NearCache(max_staleness=1.0))
+    make_a = sessionmaker(sqlite_engine)
+    a.install(make_a)
+    try:
+        _sends_nothing(a, make_a, redis_client)
+    finally:
+        a.close()
+
+
+def _sends_nothing(a, make_a, redis_client):
     _write(make_a, 1)
     _read(make_a)
     _read(make_a)  # the entry is decoded in process, its versions in the mirror
@@ -139,10 +149,9 @@ def test_a_near_hit_sends_nothing_to_redis(pair, redis_client):
         assert _read(make_a) == 1
     after = redis_client.info("stats")["total_commands_processed"]
     assert a.near.hits - hits == 50
-    # the beat (2 commands every max_staleness / 3) and the INFO calls are all
-    # that reached Redis; a strict read would have sent 50 more
-    elapsed_beats = 2 * (1 + int(0.5 / a.near.beat_interval))
-    assert after - before < 50, (after - before, elapsed_beats)
+    # the beats (2 commands every max_staleness / 3), the heartbeat and the INFO
+    # calls are all that reached Redis; strict reads would have sent 50 more
+    assert after - before < 20, after - before
 
 
 def _kill(redis_client, flag: str) -> int:
