@@ -236,12 +236,22 @@ class NearCache:
 
     def _run(self) -> None:
         delay = 0.05
+        warned = False
         while not self._stop.is_set():
+            connects = self.connects
             try:
                 self._session()
                 delay = 0.05
             except Exception as err:
-                if not self._stop.is_set():
+                if self._stop.is_set():
+                    break
+                if self.connects == connects and not warned:
+                    # never got going (a Redis without tracking, ACLs refusing
+                    # CLIENT or SUBSCRIBE, Redis away): say so once
+                    warned = True
+                    log.warning("near cache: no push channel (%r); reads stay strict "
+                                "until it starts (retrying)", err)  # fmt: skip
+                else:
                     log.debug("near cache: push connection lost (%r); strict reads", err)
             self._acked = -1e18
             self._sock = None

@@ -430,3 +430,20 @@ def test_every_write_of_this_process_drops_its_tables_from_the_mirror(redis_url,
         assert near._known.get("other") == 9  # only what it wrote
     finally:
         cache.close()
+
+
+def test_a_push_channel_that_never_starts_is_said_once(caplog):
+    near = NearCache()
+    cache = QueryCache(regions={"default": redis_region("redis://127.0.0.1:1/0")},
+                       versions="redis://127.0.0.1:1/0", require_versions=False,
+                       near=near)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 5
+        while "no push channel" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.02)
+        time.sleep(0.3)  # it keeps retrying, quietly
+        assert caplog.text.count("no push channel") == 1
+        assert not near.fresh() and near.get(("t",)) is None
+    finally:
+        cache.close()
