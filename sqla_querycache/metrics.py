@@ -88,6 +88,11 @@ class PrometheusCollector:
       ``sqla_querycache_statement_info{statement,region,sql}`` (value 1), for
       the ``statements`` most called
     - ``sqla_querycache_processes`` (scope "app": processes that flushed lately)
+    - with a near cache, scope "process": ``sqla_querycache_near_reads_total{answer}``
+      (``mirror``: sent nothing; ``unknown``, ``lagging``, ``unread``: read from
+      Redis, and why), ``sqla_querycache_near_fresh`` (1 while the mirror may
+      answer) and ``sqla_querycache_near_beat_lag_seconds`` (the last beat's
+      round trip through the push channel)
     - ``sqla_querycache_up``: 0 when the counters could not be read (the
       shared store is down); nothing else is exported then.
     """
@@ -179,6 +184,26 @@ class PrometheusCollector:
                                       "processes that flushed their counters lately")  # fmt: skip
             procs.add_metric([], len(report["processes"]))
             yield procs
+        near = getattr(self.cache, "near", None)
+        if near is not None and report["scope"] == "process":
+            n = near.stats()
+            reads = CounterMetricFamily(f"{PREFIX}_near_reads",
+                                        "version reads asked of the near cache, by answer",
+                                        labels=["answer"])  # fmt: skip
+            for answer, key in (("mirror", "hits"), ("unknown", "unknown"),
+                                ("lagging", "lagging"), ("unread", "unread")):  # fmt: skip
+                reads.add_metric([answer], n[key])
+            yield reads
+            fresh = GaugeMetricFamily(f"{PREFIX}_near_fresh", "1 while the near cache may answer")
+            fresh.add_metric([], 1 if n["fresh"] else 0)
+            yield fresh
+            if n["lag"] is not None:
+                lag = GaugeMetricFamily(
+                    f"{PREFIX}_near_beat_lag_seconds",
+                    "the last beat's round trip through the push channel",
+                )
+                lag.add_metric([], n["lag"])
+                yield lag
 
 
 # ------------------------------------------------------------------ OpenTelemetry

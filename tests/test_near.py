@@ -447,3 +447,24 @@ def test_a_push_channel_that_never_starts_is_said_once(caplog):
         assert not near.fresh() and near.get(("t",)) is None
     finally:
         cache.close()
+
+
+def test_prometheus_exports_the_near_caches_counters(pair):
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from sqla_querycache.metrics import PrometheusCollector
+
+    a, make_a = pair()
+    _write(make_a, 1)
+    _wait_fresh(a)
+    for _ in range(5):
+        _read(make_a)
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(a))
+    text = generate_latest(registry).decode()
+    mirror = [line for line in text.splitlines()
+              if line.startswith('sqla_querycache_near_reads_total{answer="mirror"}')]  # fmt: skip
+    assert mirror and float(mirror[0].split()[-1]) == a.near.hits > 0
+    assert "sqla_querycache_near_fresh 1.0" in text
+    assert "sqla_querycache_near_beat_lag_seconds" in text
