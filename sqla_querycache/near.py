@@ -50,6 +50,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -125,6 +126,16 @@ class NearCache:
         self._epoch_key = versions._epoch_key
         self._versions = versions
         versions.near = self
+        ref = weakref.ref(self)
+
+        def forked() -> None:  # a lock another thread held at fork time stays held
+            near = ref()
+            if near is not None:
+                near._lock, near._io = threading.Lock(), threading.Lock()
+                near._sock, near._conns, near._known = None, [], {}
+                near._acked = -1e18
+
+        os.register_at_fork(after_in_child=forked)
         self._start()
 
     def _start(self) -> None:
