@@ -31,7 +31,7 @@ from .readpath import PROBE_OPTION, Probes, ReadPath
 from .regions import RegionStore
 from .sqlshared import SqlShared
 from .stats import AppStats, Hooks, RedisStatsStore, Report, Stats, TableStats
-from .versions import MAX_LEASE, SqlVersions, VersionStore
+from .versions import MAX_LEASE, SqlVersions, VersionStore, is_redis_spec
 from .versions import make_version_store as _make_version_store
 from .writepath import WritePath
 
@@ -190,12 +190,7 @@ class QueryCache:
             if near._versions is not None:
                 raise ConfigurationError("this NearCache is already used by a QueryCache")
             memo_bytes = near.max_bytes
-            redis_like = (
-                (isinstance(versions, str) and versions.startswith(("redis://", "rediss://", "unix://")))
-                or getattr(versions, "kind", None) == "redis"
-                or hasattr(versions, "register_script")
-            )
-            if not redis_like:
+            if not (is_redis_spec(versions) or getattr(versions, "kind", None) == "redis"):
                 got = versions if isinstance(versions, str) else type(versions).__name__
                 raise ConfigurationError(
                     f"near= needs a Redis version store (versions=<redis URL or client>), "

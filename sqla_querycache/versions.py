@@ -1643,6 +1643,13 @@ def _is_engine(spec: Any) -> bool:
     return isinstance(getattr(spec, "sync_engine", spec), Engine)
 
 
+def is_redis_spec(spec: Any) -> bool:
+    """Is ``versions=`` a Redis URL or a Redis client (a Redis store is built from it)?"""
+    return (isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://"))) or (
+        hasattr(spec, "register_script") and hasattr(spec, "pipeline")
+    )
+
+
 def make_version_store(
     spec: Any, namespace: str, *, lease: float | None = None, require: bool = False
 ) -> VersionStore:
@@ -1653,9 +1660,7 @@ def make_version_store(
     """
     from .exc import ConfigurationError
 
-    redis_spec = (
-        isinstance(spec, str) and spec.startswith(("redis://", "rediss://", "unix://"))
-    ) or (hasattr(spec, "register_script") and hasattr(spec, "pipeline"))
+    redis_spec = is_redis_spec(spec)
     if lease is not None and not redis_spec:
         where = "the store you built" if not isinstance(spec, str) else f"versions={spec!r}"
         raise ConfigurationError(
