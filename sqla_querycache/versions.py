@@ -347,6 +347,11 @@ def own_connection(pool: Any) -> Any:
     return pool.connection_class(**pool.connection_kwargs)
 
 
+def _tables(*halves: Sequence[tuple[str, str]]) -> list[str]:
+    """The tables of (table, token) pairs: ends, cancels."""
+    return [n for pairs in halves for n, _ in pairs]
+
+
 class _Ticket:
     """The reply of one write script sent ahead (see RedisVersions.begin_async)."""
 
@@ -639,7 +644,7 @@ class RedisVersions:
         versions = self.parse(out[-1])
         if near is not None:
             if ends or cancels:  # this process's writes rode along
-                near.drop([n for n, _ in ends] + [n for n, _ in cancels])
+                near.drop(_tables(ends, cancels))
             elif versions is not None:
                 near.put(names, versions, gen)
         return (out[-2] if key is not None else None), versions
@@ -655,7 +660,7 @@ class RedisVersions:
         cmds: list[bytes] = []
         if ends or cancels:
             if self.near is not None:
-                self.near.drop([n for n, _ in ends] + [n for n, _ in cancels])
+                self.near.drop(_tables(ends, cancels))
             wargs = self._write_args((), "", ends, cancels)
             cmds.append(self._script_command(self._write.sha, _WRITE_LUA, wargs))
         if isinstance(key, list):
@@ -799,7 +804,7 @@ class RedisVersions:
             ends, self._ends = self._ends, []
             cancels, self._cancels = self._cancels, []
         args = self._write_args(names, token, ends, cancels)
-        changed = [*names, *(n for n, _ in ends), *(n for n, _ in cancels)]
+        changed = [*names, *_tables(ends, cancels)]
         return self._send_script(self._write.sha, _WRITE_LUA, args, ends, names, token, cancels,
                                  changed=changed)  # fmt: skip
 
@@ -1072,7 +1077,7 @@ class RedisVersions:
             return False
         # on failure its ends go back to the queue
         ticket = self._send_script(self._write.sha, _WRITE_LUA, self._write_args((), "", ends),
-                                   ends, changed=[n for n, _ in ends])  # fmt: skip
+                                   ends, changed=_tables(ends))  # fmt: skip
         if ticket.done:
             return True  # failed at once; _resolve queued them again
         if len(local.pending) > 64:  # replies owed pile up only if this thread never waits
@@ -1082,7 +1087,7 @@ class RedisVersions:
     def _queue(self, ends: Sequence[tuple[str, str]] = (),
                cancels: Sequence[tuple[str, str]] = ()) -> None:  # fmt: skip
         if self.near is not None:
-            self.near.drop([n for n, _ in ends] + [n for n, _ in cancels])
+            self.near.drop(_tables(ends, cancels))
         with self._ends_lock:
             self._ends.extend(ends)
             self._cancels.extend(cancels)
